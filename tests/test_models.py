@@ -1,0 +1,95 @@
+"""Models: offline ImageNet weights, normalisation inside the model, checkpoints that round-trip safely."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import safetensors.torch
+import torch
+from conftest import BIRDS_MINI, needs_birds_mini
+
+from birdshield import data, models
+
+
+def test_offline_lite0_weights_load_strictly_with_imagenet_statistics():
+    model = models.create_model(["a", "b"], weights="imagenet")
+    bn = model.backbone.bn1
+    assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))  # real statistics, not init
+    assert model.meta["mean"] == [0.5, 0.5, 0.5] and model.meta["image_size"] == 224
+    assert model.head.out_features == 2
+
+
+def test_normalisation_is_inside_the_model():
+    model = models.create_model(["a", "b"], arch="test_efficientnet", weights=None).eval()
+    x = torch.rand(2, 3, 32, 32)
+    mean, std = (
+        torch.tensor(model.meta["mean"]).view(1, 3, 1, 1),
+        torch.tensor(model.meta["std"]).view(1, 3, 1, 1),
+    )
+    torch.testing.assert_close(model(x), model.backbone((x - mean) / std))
+
+
+@needs_birds_mini
+@pytest.mark.parametrize("arch", ["tf_efficientnet_lite0", "tf_efficientnet_lite1"])
+def test_zero_shot_imagenet_birds_on_real_photos(arch):
+    """A correct key mapping + TF padding names obvious species right; a wrong one gives noise."""
+    expected = {
+        "ANNA HUMMINGBIRD": "hummingbird",
+        "BLACK FOOTED ALBATROSS": "albatross",
+        "BLUE JAY": "jay",
+        "BROWN PELICAN": "pelican",
+        "MALLARD": "drake",
+    }
+    model = models.imagenet_model(arch).eval()
+    paths = [p for species in expected for p in sorted((BIRDS_MINI / "test" / species).glob("*.jpg"))]
+    x = torch.stack([data.to_tensor(data.read_rgb(p), model.image_size) for p in paths])
+    with torch.inference_mode():
+        names = [model.class_names[i] for i in model(x).argmax(1)]
+    hits = sum(expected[p.parent.name] in name for p, name in zip(paths, names, strict=True))
+    assert hits >= 0.8 * len(paths), list(zip([p.parent.name for p in paths], names, strict=True))
+
+
+def _tiny(tmp_path):
+    model = models.create_model(["x", "y", "z"], arch="test_efficientnet", weights=None, image_size=32)
+    models.save_checkpoint(model, tmp_path, {"metrics": {"valid_accuracy": 0.5}})
+    return model
+
+
+def test_saved_then_loaded_model_predicts_identically(tmp_path):
+    model = _tiny(tmp_path).eval()
+    loaded = models.load(tmp_path)
+    assert not loaded.training and loaded.class_names == ["x", "y", "z"] and loaded.image_size == 32
+    x = torch.rand(4, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    assert json.loads((tmp_path / models.META_FILE).read_text())["metrics"]["valid_accuracy"] == 0.5
+
+
+def test_checkpoint_from_another_format_version_is_refused_clearly(tmp_path):
+    model = _tiny(tmp_path)
+    state = safetensors.torch.load_file(str(tmp_path / models.WEIGHTS_FILE))
+    meta = {**model.meta, "format_version": 99, "birdshield_version": "9.0"}
+    safetensors.torch.save_file(
+        state, str(tmp_path / models.WEIGHTS_FILE), metadata={"birdshield": json.dumps(meta)}
+    )
+    with pytest.raises(models.CheckpointError, match="format 99"):
+        models.load(tmp_path)
+
+
+def test_corrupt_or_missing_checkpoint_is_refused_clearly(tmp_path):
+    with pytest.raises(models.CheckpointError, match="no model.safetensors"):
+        models.load(tmp_path)
+    (tmp_path / models.WEIGHTS_FILE).write_bytes(b"\x80\x04garbage pickle-like bytes")
+    with pytest.raises(models.CheckpointError, match="not a readable safetensors"):
+        models.load(tmp_path)
+
+
+def test_weights_for_another_architecture_are_refused(tmp_path):
+    _tiny(tmp_path)
+    meta_path = tmp_path / models.WEIGHTS_FILE
+    state = safetensors.torch.load_file(str(meta_path))
+    meta = {**models.read_metadata(tmp_path), "arch": "resnet18"}
+    safetensors.torch.save_file(state, str(meta_path), metadata={"birdshield": json.dumps(meta)})
+    with pytest.raises(models.CheckpointError, match="do not match resnet18"):
+        models.load(tmp_path)
