@@ -1,0 +1,80 @@
+"""Batched training augmentation on [0,1] tensors: flips, random affine, Gaussian noise.
+
+Each image gets its own random draw, and everything runs on the batch's device, so augmentation costs
+little next to the forward pass and works the same on CPU and GPU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AugmentConfig:
+    hflip: bool = True
+    rotate: float = 0.0  # max degrees
+    shift: float = 0.0  # max fraction of the image size
+    shear: float = 0.0  # max degrees
+    zoom: float = 0.0  # max fractional zoom in or out
+    noise_max: float = 0.0  # per-image Gaussian std drawn uniformly from [0, noise_max] (pixel units)
+    noise_sigma: float = 0.0  # fixed Gaussian std for every image (randomized-smoothing training)
+
+    @property
+    def geometric(self) -> bool:
+        return any((self.rotate, self.shift, self.shear, self.zoom))
+
+    @property
+    def only_flips(self) -> bool:
+        """True when augmented features can be cached: at most two versions of each image exist."""
+        return not (self.geometric or self.noise_max or self.noise_sigma)
+
+
+def _uniform(
+    n: int, low: float, high: float, g: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    return torch.rand(n, generator=g, device=device) * (high - low) + low
+
+
+def random_affine(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator | None = None) -> torch.Tensor:
+    """Rotate, shift, shear and zoom each image by its own random amount (reflection at the borders)."""
+    n, dev = x.shape[0], x.device
+    angle = _uniform(n, -cfg.rotate, cfg.rotate, g, dev) * math.pi / 180
+    shear = _uniform(n, -cfg.shear, cfg.shear, g, dev) * math.pi / 180
+    scale = 1 / _uniform(n, 1 - cfg.zoom, 1 + cfg.zoom, g, dev)  # sampling grid scale is the inverse zoom
+    tx, ty = (_uniform(n, -2 * cfg.shift, 2 * cfg.shift, g, dev) for _ in range(2))  # grid units span 2
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack(
+        [
+            torch.stack([cos * scale, (-sin + torch.tan(shear) * cos) * scale, tx], 1),
+            torch.stack([sin * scale, cos * scale, ty], 1),
+        ],
+        1,
+    )
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def gaussian_noise(
+    x: torch.Tensor, std: torch.Tensor | float, g: torch.Generator | None = None
+) -> torch.Tensor:
+    """x + N(0, std^2) per image, clipped to [0,1]; `std` is a float or one value per image."""
+    std = torch.as_tensor(std, device=x.device, dtype=x.dtype).reshape(-1, 1, 1, 1)
+    noise = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
+    return (x + noise * std).clamp(0, 1)
+
+
+def augment(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator | None = None) -> torch.Tensor:
+    if cfg.hflip:
+        flip = torch.rand(x.shape[0], generator=g, device=x.device) < 0.5
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    if cfg.geometric:
+        x = random_affine(x, cfg, g)
+    if cfg.noise_max:
+        x = gaussian_noise(x, _uniform(x.shape[0], 0, cfg.noise_max, g, x.device), g)
+    if cfg.noise_sigma:
+        x = gaussian_noise(x, cfg.noise_sigma, g)
+    return x

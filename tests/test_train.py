@@ -1,0 +1,164 @@
+"""Training end to end through the CLI on tiny data: checkpoints, history, resume after SIGKILL, DDP."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY
+
+import birdshield
+from birdshield import data
+from birdshield.cli import main
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _history(run: Path) -> list[dict]:
+    with open(run / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_training_writes_a_loadable_best_checkpoint_and_curves(tiny_run: Path, tiny_data: Path):
+    for name in ("model.safetensors", "birdshield.json", "history.csv", "curves.png", "resume.safetensors"):
+        assert (tiny_run / name).is_file(), name
+    rows = _history(tiny_run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    model = birdshield.load(tiny_run)
+    assert model.class_names == sorted(p.name for p in (tiny_data / "train").iterdir())
+    best = max(float(r["valid_accuracy"]) for r in rows)
+    assert model.meta["metrics"]["valid_accuracy"] == pytest.approx(best)
+    # the checkpoint is the best epoch's model: its valid accuracy recomputed here matches the history
+    ds = data.discover(tiny_data)
+    x = torch.stack([data.to_tensor(data.read_rgb(s.path), model.image_size) for s in ds.splits["valid"]])
+    y = torch.tensor([s.label for s in ds.splits["valid"]])
+    with torch.inference_mode():
+        assert (model(x).argmax(1) == y).float().mean().item() == pytest.approx(best)
+
+
+def test_tiny_model_learns_the_tinted_classes(tiny_run: Path):
+    rows = _history(tiny_run)
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert max(float(r["valid_accuracy"]) for r in rows) >= 0.75  # chance is 1/3
+
+
+def test_early_stopping_stops_after_patience(tiny_data: Path, tmp_path: Path):
+    # lr 0 never improves on epoch 1, so patience 2 ends the run after epoch 3
+    assert (
+        main(
+            [
+                "train",
+                str(tiny_data),
+                "--out",
+                str(tmp_path),
+                *TINY,
+                "--epochs",
+                "10",
+                "--patience",
+                "2",
+                "--lr",
+                "0",
+                "--backbone-lr",
+                "0",
+                "--probe-epochs",
+                "0",
+            ]
+        )
+        == 0
+    )
+    assert len(_history(tmp_path)) == 3
+
+
+def test_run_killed_mid_epoch_resumes(tiny_data: Path, tmp_path: Path):
+    """SIGKILL early in epoch 3 (epoch 2 is printed after its files are written).
+
+    --resume continues from the last finished epoch and ends exactly like an uninterrupted run.
+    """
+    cmd = [
+        sys.executable,
+        "-m",
+        "birdshield.cli",
+        "train",
+        str(tiny_data),
+        "--out",
+        str(tmp_path),
+        *TINY,
+        "--epochs",
+        "5",
+        "--probe-epochs",
+        "0",
+        "--batch-size",
+        "1",
+        "--depth",
+        "full",
+    ]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = ""
+    for line in proc.stdout:
+        seen += line
+        if line.startswith("epoch 2/5"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, seen
+    assert len(_history(tmp_path)) == 2
+    birdshield.load(tmp_path)  # the best checkpoint survived the kill intact
+    out = subprocess.run([*cmd, "--resume"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "resumed" in out.stdout and "after epoch 2" in out.stdout
+    resumed = _history(tmp_path)
+    assert [int(r["epoch"]) for r in resumed] == [1, 2, 3, 4, 5]
+    birdshield.load(tmp_path)
+    # per-epoch seeding: the resumed run matches one that was never interrupted
+    straight = tmp_path / "straight"
+    cmd[cmd.index(str(tmp_path))] = str(straight)
+    assert subprocess.run(cmd, env=ENV, capture_output=True, timeout=300).returncode == 0
+    assert [r["train_loss"] for r in _history(straight)] == [r["train_loss"] for r in resumed]
+
+
+def test_torchrun_two_cpu_processes_train_with_ddp(tiny_data: Path, tmp_path: Path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29533",
+        "-m",
+        "birdshield.cli",
+        "train",
+        str(tiny_data),
+        "--out",
+        str(tmp_path),
+        *TINY,
+        "--epochs",
+        "2",
+        "--probe-epochs",
+        "0",
+        "--depth",
+        "full",
+        "--device",
+        "cpu",
+    ]
+    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "x2" in out.stdout  # both ranks joined one process group
+    assert out.stdout.count("epoch 1/2") == 1  # only rank 0 reports and writes
+    assert len(_history(tmp_path)) == 2
+    birdshield.load(tmp_path)
+
+
+def test_empty_class_folder_is_a_clear_error(tiny_data: Path, tmp_path: Path, capsys):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
+    (root / "train" / "EMPTY BIRD").mkdir()
+    assert main(["train", str(root), "--out", str(tmp_path / "run"), *TINY]) == 2
+    assert "EMPTY BIRD" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "model.safetensors").exists()
