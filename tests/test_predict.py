@@ -21,7 +21,7 @@ def _odd_files(folder: Path) -> dict[str, bool]:
     img.save(folder / "10.jpg")
     img.convert("CMYK").save(folder / "2.jpg")
     img.convert("RGBA").save(folder / "3.png")
-    Image.fromarray((np.asarray(img.convert("L"), dtype=np.uint16) * 257)).save(folder / "4.png")  # 16-bit
+    Image.fromarray(np.asarray(img.convert("L"), dtype=np.uint16) * 257).save(folder / "4.png")  # 16-bit
     img.convert("L").save(folder / "5.png")
     good = (folder / "10.jpg").read_bytes()
     (folder / "truncated.jpg").write_bytes(good[: len(good) // 2])
@@ -93,7 +93,7 @@ def test_missing_path_is_a_clear_error(tiny_run: Path, tmp_path: Path, capsys):
 @needs_birds_mini
 @pytest.mark.slow
 def test_probe_on_real_photos_then_predict_the_test_split(tmp_path: Path):
-    """Real photos end to end: a cached-feature linear probe (seconds of training) predicts the test folder."""
+    """Real photos end to end: a cached-feature linear probe (seconds) predicts the test folder."""
     run = tmp_path / "run"
     assert main(["train", str(BIRDS_MINI), "--out", str(run), "--depth", "probe", "--workers", "0"]) == 0
     out = tmp_path / "preds.csv"
