@@ -114,11 +114,60 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="stop at the first unreadable image instead of skipping it with a warning",
     )
     g.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT")
+    _add_robust_training(p)
     p.set_defaults(handler=_train)
+
+
+def _add_robust_training(p: argparse.ArgumentParser) -> None:
+    from .attacks import parse_eps
+    from .defenses.adversarial import METHODS, AdvConfig
+    from .train import PRESETS
+
+    adv = AdvConfig()
+    g = p.add_argument_group("robust training (every defence is judged by `birdshield evaluate`)")
+    g.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="named recipe; explicit options still win: "
+        + "; ".join(f"{name}: {doc}" for name, (doc, _) in sorted(PRESETS.items())),
+    )
+    g.add_argument(
+        "--adv",
+        choices=METHODS,
+        default=adv.method,
+        help="adversarial training: pgd (Madry), "
+        "fgsm (from a random start, Wong et al., with the catastrophic-overfitting stop), trades",
+    )
+    g.add_argument("--adv-eps", type=parse_eps, default=adv.eps, help="Linf radius, e.g. 4/255")
+    g.add_argument("--adv-steps", type=int, default=adv.steps, help="attack steps per batch (pgd, trades)")
+    g.add_argument(
+        "--adv-step-size", type=parse_eps, default=None, help="attack step (default eps/2; fgsm 1.25*eps)"
+    )
+    g.add_argument(
+        "--adv-warmup-epochs",
+        type=float,
+        default=adv.warmup_epochs,
+        help="grow eps linearly from 0 over these epochs",
+    )
+    g.add_argument(
+        "--clean-weight",
+        type=float,
+        default=adv.clean_weight,
+        help="weight of the clean loss in the clean/adversarial mix (pgd, fgsm)",
+    )
+    g.add_argument("--trades-beta", type=float, default=adv.trades_beta, help="TRADES robustness weight")
+    g.add_argument(
+        "--select",
+        choices=["clean", "robust"],
+        default=adv.select,
+        help="best checkpoint by "
+        "clean validation accuracy or by PGD accuracy at --adv-eps on the validation split",
+    )
 
 
 def _train(args: argparse.Namespace) -> int:
     from .augment import AugmentConfig
+    from .defenses.adversarial import AdvConfig
     from .train import TrainConfig, train
 
     aug = AugmentConfig(
@@ -129,6 +178,16 @@ def _train(args: argparse.Namespace) -> int:
         zoom=args.zoom,
         noise_max=args.noise_max,
         noise_sigma=args.noise_sigma,
+    )
+    adv = AdvConfig(
+        method=args.adv,
+        eps=args.adv_eps,
+        steps=args.adv_steps,
+        step_size=args.adv_step_size,
+        warmup_epochs=args.adv_warmup_epochs,
+        clean_weight=args.clean_weight,
+        trades_beta=args.trades_beta,
+        select=args.select,
     )
     cfg = TrainConfig(
         data=args.data,
@@ -150,6 +209,7 @@ def _train(args: argparse.Namespace) -> int:
         warmup_epochs=args.warmup_epochs,
         label_smoothing=args.label_smoothing,
         augment=aug,
+        adv=adv,
         seed=args.seed,
         device=args.device,
         amp=args.amp,
@@ -253,7 +313,220 @@ def _data_check(args: argparse.Namespace) -> int:
     return 1 if report["problems"] else 0
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train, _add_predict, _add_data]
+def _split_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _prepared_model(run_dir: str, device: object) -> object:
+    import torch
+
+    from .models import load
+
+    model = load(run_dir, device)
+    # channels_last is ~20% faster for conv nets on CPU (MEASUREMENTS.md); converting the weights suffices
+    return model.to(memory_format=torch.channels_last) if str(device) == "cpu" else model
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="clean, corruption and worst-case adversarial accuracy; write a report folder",
+        formatter_class=_formatter,
+        description="Measure a trained run on a dataset split: clean accuracy, accuracy under common "
+        "corruptions, and robust accuracy per eps under an attack ensemble (an image is robust only if "
+        "it survives every attack; only images still correct go on to the next attack). Sanity checks "
+        "for gradient masking and broken evaluations are printed and stored. Writes REPORT_DIR/"
+        "report.json, report.md, accuracy_vs_eps.png and examples.png. Options left out take the preset's "
+        "value (--quick: fgsm, pgd-10, apgd-ce-20, square-200 at 1,2,4/255 Linf, for a CPU; --full: "
+        "fgsm, pgd-50 x5 restarts, apgd-ce-100, apgd-t-100, square-5000 at 1,2,4,8/255, for a GPU).",
+    )
+    p.add_argument("run_dir", help="run directory written by `birdshield train`")
+    p.add_argument("data", help="dataset root (any layout `train` accepts)")
+    p.add_argument("--split", default="test", help="which split to evaluate")
+    p.add_argument("--out", required=True, help="report folder to write")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--quick", dest="eval_preset", action="store_const", const="quick", help="CPU-sized (default)"
+    )
+    g.add_argument(
+        "--full", dest="eval_preset", action="store_const", const="full", help="AutoAttack strength"
+    )
+    p.set_defaults(eval_preset="quick")  # not "preset": train owns that name in main()
+    g = p.add_argument_group("attacks (default: the preset's)")
+    g.add_argument(
+        "--attacks", help="comma list in cascade order, cheapest first, e.g. fgsm,pgd,apgd-ce,square"
+    )
+    g.add_argument("--eps", help="comma list, e.g. 1/255,2/255 (L2 default 0.25,0.5,1)")
+    g.add_argument("--norm", choices=["linf", "l2"], help="threat model (square is Linf-only, cw L2-only)")
+    g.add_argument("--steps", type=int, help="iterations of every iterative attack")
+    g.add_argument("--restarts", type=int, help="PGD random restarts")
+    g.add_argument("--square-queries", type=int, help="Square attack queries per image")
+    g.add_argument("--surrogate", help="run directory of a surrogate model: adds a transfer attack")
+    g.add_argument(
+        "--independent",
+        action="store_true",
+        help="run every attack on all clean-correct images (per-attack numbers standalone; slower)",
+    )
+    g = p.add_argument_group("corruptions (default: all, severities 1,3,5, noise std 0.05,0.1,0.2)")
+    g.add_argument("--corruptions", help="comma list of corruption names, or 'none' (also drops --noise-std)")
+    g.add_argument("--severities", help="comma list of severities 1..5")
+    g.add_argument("--noise-std", help="comma list of explicit Gaussian noise stds, or 'none'")
+    g = p.add_argument_group("run")
+    g.add_argument("--n", type=int, help="evaluate a seeded, class-stratified subset of N images")
+    g.add_argument("--seed", type=int, help="seed of the subset, attacks and noise (default 0)")
+    g.add_argument("--batch-size", type=int, help="images per chunk (default 32)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.set_defaults(handler=_evaluate)
+
+
+def _eval_overrides(args: argparse.Namespace) -> dict:
+    """EvalConfig fields the user set; ValueError for bad names or numbers."""
+    from .attacks import CORRUPTIONS, get_attack, parse_eps
+    from .evaluate import DEFAULT_L2_EPS
+
+    o: dict = {}
+    if args.attacks:
+        o["attacks"] = tuple(_split_list(args.attacks))
+        for name in o["attacks"]:
+            get_attack(name)
+    if args.norm:
+        o["norm"] = args.norm
+    if args.eps:
+        o["eps"] = tuple(parse_eps(e) for e in _split_list(args.eps))
+    elif args.norm == "l2":
+        o["eps"] = DEFAULT_L2_EPS
+    if args.steps is not None:
+        o["steps"], o["default_steps"] = {}, args.steps
+    for key in ("restarts", "square_queries", "n", "seed", "batch_size"):
+        if getattr(args, key) is not None:
+            o[key] = getattr(args, key)
+    if args.corruptions == "none":
+        o["corruptions"], o["noise_std"] = (), ()
+    elif args.corruptions:
+        o["corruptions"] = tuple(_split_list(args.corruptions))
+        unknown = set(o["corruptions"]) - set(CORRUPTIONS)
+        if unknown:
+            raise ValueError(f"unknown corruption(s) {sorted(unknown)}; valid: {', '.join(CORRUPTIONS)}")
+    if args.severities:
+        o["severities"] = tuple(int(s) for s in _split_list(args.severities))
+    if args.noise_std:
+        o["noise_std"] = (
+            () if args.noise_std == "none" else tuple(float(s) for s in _split_list(args.noise_std))
+        )
+    o["independent"] = args.independent
+    return o
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from . import data
+    from .evaluate import PRESETS, evaluate_samples, samples_for_model
+    from .report import format_summary, write_report
+    from .runtime import pick_device, progress, tune_cpu_allocator
+
+    tune_cpu_allocator()  # 2-3x faster CPU forward/backward; must come before the big allocations
+    try:
+        overrides = _eval_overrides(args)
+    except ValueError as e:
+        print(f"birdshield evaluate: error: {e}", file=sys.stderr)
+        return 2
+    device = pick_device(args.device)
+    model = _prepared_model(args.run_dir, device)
+    if args.surrogate:
+        overrides["surrogate"] = _prepared_model(args.surrogate, device)
+    cfg = dataclasses.replace(PRESETS[args.eval_preset], **overrides)
+    samples = samples_for_model(data.discover(args.data), args.split, model.class_names)
+    bar = progress(None, desc="evaluate", unit="img")
+
+    def on_progress(stage: str, done: int, total: int | None) -> None:
+        bar.total, bar.n = total, done
+        bar.set_description_str(stage)
+
+    examples: list = []
+    result = evaluate_samples(model, samples, cfg, on_progress, examples)
+    bar.close()
+    result["model"]["run_dir"], result["split"] = str(args.run_dir), args.split
+    if args.surrogate:
+        result["config"]["surrogate"] = str(args.surrogate)
+    md = write_report(result, args.out, examples)
+    print(format_summary(result))
+    for bad in result["bad_images"]:
+        print(f"  unreadable, left out: {bad['path']}: {bad['error']}", file=sys.stderr)
+    print(f"\n{result['n']} images in {result['seconds']:.0f} s; report: {md}")
+    return 0
+
+
+def _add_attack(sub: argparse._SubParsersAction) -> None:
+    from .attacks import ATTACKS
+
+    p = sub.add_parser(
+        "attack",
+        help="write adversarial versions of image files (PNG) and a CSV of what changed",
+        formatter_class=_formatter,
+        description="Attack image files and folders (recursively) with one attack. Each adversarial image "
+        "is written losslessly as PNG under OUT with the same path relative to the folder given (a file "
+        "given alone: its name), suffix .png, at the model's input resolution (shorter side resized, centre "
+        "crop: the exact pixels the model judged). OUT/attack.csv lists per image the label used, the clean "
+        "and adversarial prediction and confidence (of the written 8-bit PNG) and the perturbation's "
+        "Linf/L2 size in [0,1] pixel units. Untargeted label: the parent folder's name if it is one of the "
+        "model's classes, else the model's own clean prediction. Input files are never overwritten.",
+    )
+    p.add_argument("run_dir", help="run directory written by `birdshield train`")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders")
+    p.add_argument("--out", required=True, help="folder for the PNGs and attack.csv")
+    p.add_argument("--attack", default="pgd", choices=[a for a in ATTACKS if a != "transfer"])
+    p.add_argument("--eps", default="4/255", help="radius, e.g. 4/255 (Linf) or 0.5 (L2)")
+    p.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    p.add_argument("--steps", type=int, help="iterations (default: the attack's own)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--target", metavar="CLASS", help="targeted attack towards this class name")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.set_defaults(handler=_attack)
+
+
+def _attack(args: argparse.Namespace) -> int:
+    from .attacks import parse_eps
+    from .data import DataError
+    from .evaluate import attack_files
+    from .runtime import pick_device, tune_cpu_allocator
+
+    tune_cpu_allocator()
+    model = _prepared_model(args.run_dir, pick_device(args.device))
+    try:
+        rows = attack_files(
+            model,
+            args.paths,
+            args.out,
+            attack=args.attack,
+            eps=parse_eps(args.eps),
+            batch_size=args.batch_size,
+            norm=args.norm,
+            steps=args.steps,
+            seed=args.seed,
+            target=args.target,
+        )
+    except DataError:
+        raise  # main() reports it
+    except ValueError as e:  # unknown target class, untargetable attack, bad eps
+        print(f"birdshield attack: error: {e}", file=sys.stderr)
+        return 2
+    bad = [r for r in rows if r["error"]]
+    fooled = sum(1 for r in rows if r["success"] == 1)
+    print(f"{len(rows) - len(bad)} images attacked, {fooled} fooled, {len(bad)} unreadable -> {args.out}")
+    for r in bad:
+        print(f"  unreadable: {r['image']}: {r['error']}", file=sys.stderr)
+    return 0
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_train,
+    _add_predict,
+    _add_data,
+    _add_evaluate,
+    _add_attack,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -271,7 +544,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "preset", None):  # a preset changes the defaults; options given explicitly still win
+        from .train import PRESETS
+
+        parser._subparsers._group_actions[0].choices["train"].set_defaults(**PRESETS[args.preset][1])
+        args = parser.parse_args(argv)
     from .data import BadImageError, DataError
     from .models import CheckpointError
 

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Subset
 
 from . import data
 from .augment import AugmentConfig, augment
+from .defenses.adversarial import AdvConfig, adversarial_loss, robust_accuracy
 from .models import DEFAULT_ARCH, Classifier, create_model, save_checkpoint
 from .report import plot_training_curves
 from .runtime import atomic_write_bytes, pick_device, progress, tune_cpu_allocator
@@ -52,6 +53,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    adv: AdvConfig = field(default_factory=AdvConfig)
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
@@ -199,6 +201,27 @@ def evaluate_loader(
     return {"loss": loss_sum / max(n, 1), "accuracy": correct / max(n, 1), "n": int(n)}
 
 
+def _robust_valid(
+    model: Classifier, loader: DataLoader, device: torch.device, cfg: TrainConfig, d: Dist
+) -> float:
+    """PGD accuracy on the validation split at the training eps (the metric of --select robust)."""
+    correct = n = 0.0
+    for batch in progress(loader, desc="robust valid"):
+        if batch is None:
+            continue
+        x, y = _to(batch[0], device, cfg.channels_last), batch[1].to(device)
+        correct += robust_accuracy(model, x, y, cfg.adv.eps, steps=max(cfg.adv.steps, 5)) * len(y)
+        n += len(y)
+    correct, n = _all_reduce([correct, n], d, device)
+    return correct / max(n, 1)
+
+
+def _overfit_probe(train_ds: data.ImageDataset, cfg: TrainConfig, device: torch.device):
+    """A fixed batch of training images for the catastrophic-overfitting check of fast FGSM training."""
+    batch = data.collate_skip_bad([train_ds[i] for i in range(0, len(train_ds), max(1, len(train_ds) // 64))])
+    return _to(batch[0], device, cfg.channels_last), batch[1].to(device)
+
+
 @torch.inference_mode()
 def _features(model: Classifier, loader: DataLoader, device: torch.device, cfg: TrainConfig, flips: bool):
     model.eval()
@@ -316,27 +339,38 @@ def train(cfg: TrainConfig) -> dict:
         model.to(memory_format=torch.channels_last)
     meta = {
         "training": _jsonable(asdict(cfg)),
+        "trained_against": {
+            "adversarial": cfg.adv.summary(),
+            "noise_max": cfg.augment.noise_max,
+            "noise_sigma": cfg.augment.noise_sigma,
+        },
         "dataset": {"root": str(dataset.root), "layout": dataset.layout},
     }
     resume_path = out / RESUME_FILE
     resuming = cfg.resume and resume_path.is_file()
     cached_probe = cfg.augment.only_flips and cfg.probe_epochs > 0
-    state: dict[str, Any] = {
-        "epoch": 0,
-        "best_accuracy": -1.0,
-        "best_epoch": 0,
-        "bad_epochs": 0,
-        "history": [],
-    }
+    state: dict[str, Any] = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
+
+    def validate() -> dict:
+        valid = evaluate_loader(model, _loader(valid_ds, cfg, d, False), device, cfg, d)
+        if cfg.adv.select == "robust":
+            valid["robust_accuracy"] = _robust_valid(model, _loader(valid_ds, cfg, d, False), device, cfg, d)
+        return valid
+
+    def keep_if_best(valid: dict, epoch: int) -> bool:
+        score = valid.get("robust_accuracy", valid["accuracy"])
+        improved = score > state["best_score"]
+        state.update(bad_epochs=0 if improved else state["bad_epochs"] + 1)
+        if improved:
+            state.update(best_score=score, best_epoch=epoch)
+            if d.main:
+                metrics = {f"valid_{k}": v for k, v in valid.items() if k != "n"}
+                save_checkpoint(model, out, {**meta, "metrics": {**metrics, "epoch": epoch}})
+        return improved
 
     if cached_probe and not resuming:  # the probed head is epoch 0: fine-tuning must beat it to replace it
         _probe_on_cached_features(model, train_ds, valid_ds, cfg, device, log)
-        valid = evaluate_loader(model, _loader(valid_ds, cfg, d, False), device, cfg, d)
-        state.update(best_accuracy=valid["accuracy"])
-        if d.main:
-            save_checkpoint(
-                model, out, {**meta, "metrics": {"valid_accuracy": valid["accuracy"], "epoch": 0}}
-            )
+        keep_if_best(validate(), 0)
     epochs = 0 if cfg.depth == "probe" and cached_probe else cfg.epochs
     # A probed head is already good: fine-tune it at the backbone's gentle rate, or it drags the features.
     opt = _optimizer(model, cfg, head_lr=cfg.backbone_lr if cached_probe else cfg.lr)
@@ -354,6 +388,7 @@ def train(cfg: TrainConfig) -> dict:
     steps_per_epoch = math.ceil(len(train_ds) / d.world / cfg.batch_size)
     total_steps, warmup_steps = epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)
     gen = torch.Generator(device=device)
+    probe = _overfit_probe(train_ds, cfg, device) if cfg.adv.method == "fgsm" else None
 
     for epoch in range(state["epoch"] + 1, epochs + 1):
         if state["bad_epochs"] >= cfg.patience:
@@ -369,9 +404,18 @@ def train(cfg: TrainConfig) -> dict:
             _set_lr(opt, lr_factor((epoch - 1) * steps_per_epoch + i, total_steps, warmup_steps))
             x, y = _to(batch[0], device, cfg.channels_last), batch[1].to(device)
             x = augment(x, cfg.augment, gen)
+            eps = cfg.adv.eps_at(epoch - 1 + i / steps_per_epoch)
             with _autocast(device, cfg):
-                logits = net(x).float()
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                loss, logits = adversarial_loss(
+                    net,
+                    model,
+                    x,
+                    y,
+                    cfg.adv,
+                    eps,
+                    seed=epoch * 100_003 + i,
+                    label_smoothing=cfg.label_smoothing,
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -379,7 +423,7 @@ def train(cfg: TrainConfig) -> dict:
             correct += (logits.argmax(1) == y).sum().item()
             n += len(y)
         loss_sum, correct, n = _all_reduce([loss_sum, correct, n], d, device)
-        valid = evaluate_loader(model, _loader(valid_ds, cfg, d, False), device, cfg, d)
+        valid = validate()
         row = {
             "epoch": epoch,
             "lr": opt.param_groups[-1]["lr"],
@@ -387,29 +431,75 @@ def train(cfg: TrainConfig) -> dict:
             "train_accuracy": correct / max(n, 1),
             "valid_loss": valid["loss"],
             "valid_accuracy": valid["accuracy"],
-            "seconds": round(time.time() - t0, 2),
         }
+        if "robust_accuracy" in valid:
+            row["valid_robust_accuracy"] = valid["robust_accuracy"]
+        if probe is not None:
+            row["train_pgd_accuracy"] = robust_accuracy(model, *probe, cfg.adv.eps, steps=10)
+        row["seconds"] = round(time.time() - t0, 2)
         state["history"].append(row)
-        improved = valid["accuracy"] > state["best_accuracy"]
-        state.update(epoch=epoch, bad_epochs=0 if improved else state["bad_epochs"] + 1)
-        if improved:
-            state.update(best_accuracy=valid["accuracy"], best_epoch=epoch)
+        if _overfitting(state["history"]):  # checked first, so an overfitted epoch is never kept as best
+            log("catastrophic overfitting: PGD accuracy on training images collapsed (Wong et al. 2020)")
+            break
+        improved = keep_if_best(valid, epoch)
+        state["epoch"] = epoch
         if d.main:
-            if improved:
-                save_checkpoint(
-                    model, out, {**meta, "metrics": {"valid_accuracy": valid["accuracy"], "epoch": epoch}}
-                )
             _save_resume(resume_path, model, opt, state)
             _write_history(out, state["history"])
         log(
             f"epoch {epoch}/{epochs}  train loss {row['train_loss']:.3f} acc {row['train_accuracy']:.1%}  "
-            f"valid loss {row['valid_loss']:.3f} acc {row['valid_accuracy']:.1%}  {row['seconds']:.0f}s"
+            f"valid loss {row['valid_loss']:.3f} acc {row['valid_accuracy']:.1%}"
+            + (f" robust {row['valid_robust_accuracy']:.1%}" if "valid_robust_accuracy" in row else "")
+            + f"  {row['seconds']:.0f}s"
             + ("  *best*" if improved else "")
         )
     if state["bad_epochs"] >= cfg.patience:
-        log(f"early stop: no improvement in valid accuracy for {cfg.patience} epochs")
+        log(f"early stop: no better validation score for {cfg.patience} epochs")
     if d.world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    log(f"best valid accuracy {state['best_accuracy']:.1%} (epoch {state['best_epoch']}), saved in {out}")
-    return {"run_dir": str(out), "best_epoch": state["best_epoch"], "valid_accuracy": state["best_accuracy"]}
+    log(f"best validation score {state['best_score']:.1%} (epoch {state['best_epoch']}), saved in {out}")
+    return {"run_dir": str(out), "best_epoch": state["best_epoch"], "valid_score": state["best_score"]}
+
+
+def _overfitting(history: list[dict], drop: float = 0.2) -> bool:
+    """Catastrophic overfitting of fast adversarial training: PGD accuracy on a fixed training batch falls
+    by more than `drop` below its best so far, while the FGSM training accuracy keeps rising."""
+    pgd_acc = [h["train_pgd_accuracy"] for h in history if "train_pgd_accuracy" in h]
+    return len(pgd_acc) >= 2 and pgd_acc[-1] < max(pgd_acc[:-1]) - drop
+
+
+# Named recipes for `birdshield train --preset NAME`: (what it is, option defaults it sets).
+PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "original": (
+        "the original project's noise + geometric augmentation, Adam, patience 5",
+        {
+            "noise_max": 0.1,
+            "rotate": 20,
+            "shift": 0.1,
+            "shear": 10,
+            "zoom": 0.1,
+            "optimizer": "adam",
+            "depth": "last-4",
+            "epochs": 10,
+        },
+    ),
+    "robust-cpu": (
+        "PGD-3 adversarial training at Linf 4/255, eps warm-up, full fine-tune, robust selection",
+        {
+            "adv": "pgd",
+            "adv_eps": 4 / 255,
+            "adv_steps": 3,
+            "adv_warmup_epochs": 2,
+            "depth": "full",
+            "epochs": 20,
+            "patience": 6,
+            "select": "robust",
+            "label_smoothing": 0.0,
+        },
+    ),
+    "smoothing": (
+        "Gaussian noise of sigma 0.25: the base model of randomized smoothing (certify --sigma 0.25)",
+        {"noise_sigma": 0.25, "depth": "full", "epochs": 8},
+    ),
+}

@@ -1,0 +1,124 @@
+"""Adversarial training losses: PGD (Madry et al. 2018), fast FGSM from a random start (Wong et al. 2020)
+and TRADES (Zhang et al. 2019), with eps warm-up, a clean/adversarial mix and a check for catastrophic
+overfitting. Adversarial examples are crafted with birdshield's own attacks, so the training threat model
+and the evaluation threat model are the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..attacks import pgd
+from ..attacks.base import project, sealed
+
+METHODS = ("none", "pgd", "fgsm", "trades")
+
+
+@dataclass
+class AdvConfig:
+    method: str = "none"  # none | pgd | fgsm (FGSM from a random start) | trades
+    eps: float = 0.0  # Linf radius in pixel units of [0,1] images
+    steps: int = 3  # attack steps per batch (pgd, trades); fgsm is one step
+    step_size: float | None = None  # default: eps/2 for pgd and trades, 1.25*eps for fgsm (Wong et al.)
+    warmup_epochs: float = 0.0  # eps grows linearly from 0 over these epochs
+    clean_weight: float = 0.0  # loss = (1 - w) * adversarial + w * clean (pgd, fgsm)
+    trades_beta: float = 6.0
+    select: str = "clean"  # best checkpoint by "clean" or "robust" validation accuracy (PGD at eps)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"adversarial method must be one of {METHODS}, got {self.method!r}")
+        if self.method != "none" and self.eps <= 0:
+            raise ValueError(f"adversarial training with {self.method} needs --adv-eps > 0")
+        if self.select not in ("clean", "robust"):
+            raise ValueError(f"select must be 'clean' or 'robust', got {self.select!r}")
+
+    @property
+    def active(self) -> bool:
+        return self.method != "none"
+
+    def eps_at(self, epoch_progress: float) -> float:
+        """eps after `epoch_progress` epochs (fractional), with the linear warm-up."""
+        if self.warmup_epochs <= 0:
+            return self.eps
+        return self.eps * min(1.0, epoch_progress / self.warmup_epochs)
+
+    def summary(self) -> dict:
+        """What the model was trained against, as recorded in birdshield.json."""
+        if not self.active:
+            return {"method": "none"}
+        return {
+            "method": self.method,
+            "norm": "linf",
+            "eps": self.eps,
+            "steps": 1 if self.method == "fgsm" else self.steps,
+            "clean_weight": self.clean_weight,
+            **({"beta": self.trades_beta} if self.method == "trades" else {}),
+        }
+
+
+def _trades_example(
+    model: nn.Module, x: Tensor, eps: float, steps: int, step_size: float, seed: int
+) -> Tensor:
+    """Maximise KL(p(x) || p(x_adv)) inside the Linf ball, from a tiny random start."""
+    with sealed(model, seed, x.device), torch.no_grad():
+        p_clean = F.softmax(model(x), dim=1)
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    x_adv = (x + 0.001 * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)).clamp(0, 1)
+    for _ in range(steps):
+        x_adv = x_adv.detach().requires_grad_(True)
+        with sealed(model, seed, x.device), torch.enable_grad():
+            kl = F.kl_div(F.log_softmax(model(x_adv), dim=1), p_clean, reduction="sum")
+            (grad,) = torch.autograd.grad(kl, x_adv)
+        x_adv = project(x_adv.detach() + step_size * grad.sign(), x, eps, "linf")
+    return x_adv.detach()
+
+
+def adversarial_loss(
+    net: nn.Module,
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    cfg: AdvConfig,
+    eps: float,
+    seed: int,
+    label_smoothing: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """(training loss, logits the accuracy is counted on) for one batch.
+
+    `model` crafts the examples (never the DDP wrapper, whose hooks expect a parameter backward);
+    `net` computes the loss that is optimised.
+    """
+    if eps <= 0 or not cfg.active:
+        logits = net(x)
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
+    if cfg.method == "trades":
+        x_adv = _trades_example(model, x, eps, cfg.steps, cfg.step_size or eps / 2, seed)
+        logits_clean, logits_adv = net(torch.cat([x, x_adv])).chunk(2)
+        robust = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits_clean, 1), reduction="batchmean")
+        return F.cross_entropy(
+            logits_clean, y, label_smoothing=label_smoothing
+        ) + cfg.trades_beta * robust, logits_adv
+    steps, step = (
+        (1, cfg.step_size or 1.25 * eps) if cfg.method == "fgsm" else (cfg.steps, cfg.step_size or eps / 2)
+    )
+    x_adv = pgd(
+        model, x, y, eps=eps, steps=steps, step_size=step, random_start=True, early_stop=False, seed=seed
+    )
+    if cfg.clean_weight <= 0:
+        logits = net(x_adv)
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
+    logits_clean, logits = net(torch.cat([x, x_adv])).chunk(2)
+    loss = (1 - cfg.clean_weight) * F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    return loss + cfg.clean_weight * F.cross_entropy(logits_clean, y, label_smoothing=label_smoothing), logits
+
+
+def robust_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, seed: int = 0) -> float:
+    """PGD accuracy of a batch: the cheap robust validation metric and the catastrophic-overfitting probe."""
+    x_adv = pgd(model, x, y, eps=eps, steps=steps, seed=seed)
+    with torch.inference_mode():
+        return (model(x_adv).argmax(1) == y).float().mean().item()

@@ -1,0 +1,101 @@
+"""Adversarial training options: recorded in the checkpoint, robust selection, presets, overfitting stop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY
+
+from birdshield.cli import main
+from birdshield.defenses.adversarial import AdvConfig, adversarial_loss
+from birdshield.models import create_model
+from birdshield.train import _overfitting
+
+FAST = [*TINY, "--probe-epochs", "0", "--depth", "full", "--batch-size", "12"]
+
+
+def _meta(run: Path) -> dict:
+    return json.loads((run / "birdshield.json").read_text())
+
+
+@pytest.mark.parametrize("method", ["pgd", "fgsm", "trades"])
+def test_adversarial_training_is_recorded_and_selects_on_robust_accuracy(
+    method, tiny_data: Path, tmp_path: Path
+):
+    args = [
+        "train",
+        str(tiny_data),
+        "--out",
+        str(tmp_path),
+        *FAST,
+        "--epochs",
+        "2",
+        "--adv",
+        method,
+        "--adv-eps",
+        "8/255",
+        "--adv-steps",
+        "2",
+        "--select",
+        "robust",
+    ]
+    assert main(args) == 0
+    meta = _meta(tmp_path)
+    assert meta["trained_against"]["adversarial"]["method"] == method
+    assert meta["trained_against"]["adversarial"]["eps"] == pytest.approx(8 / 255)
+    assert "valid_robust_accuracy" in meta["metrics"]
+    header = (tmp_path / "history.csv").read_text().splitlines()[0]
+    assert "valid_robust_accuracy" in header
+    assert ("train_pgd_accuracy" in header) == (method == "fgsm")
+
+
+def test_preset_sets_defaults_and_explicit_options_win(tiny_data: Path, tmp_path: Path):
+    assert (
+        main(
+            [
+                "train",
+                str(tiny_data),
+                "--out",
+                str(tmp_path),
+                *FAST,
+                "--preset",
+                "robust-cpu",
+                "--epochs",
+                "1",
+                "--adv-steps",
+                "1",
+            ]
+        )
+        == 0
+    )
+    training = _meta(tmp_path)["training"]
+    assert training["adv"]["method"] == "pgd" and training["adv"]["select"] == "robust"
+    assert training["epochs"] == 1 and training["adv"]["steps"] == 1
+
+
+def test_catastrophic_overfitting_is_detected_from_a_collapse():
+    steady = [{"train_pgd_accuracy": a} for a in (0.3, 0.35, 0.33)]
+    assert not _overfitting(steady)
+    assert _overfitting([*steady, {"train_pgd_accuracy": 0.02}])
+
+
+def test_bad_adversarial_options_are_refused():
+    with pytest.raises(ValueError, match="needs --adv-eps"):
+        AdvConfig(method="pgd", eps=0)
+    with pytest.raises(ValueError, match="one of"):
+        AdvConfig(method="bim", eps=0.1)
+
+
+def test_adversarial_loss_is_higher_than_clean_and_leaves_the_model_as_found():
+    torch.manual_seed(0)
+    model = create_model(["a", "b", "c"], arch="test_efficientnet", weights=None, image_size=32).eval()
+    x, y = torch.rand(6, 3, 32, 32), torch.tensor([0, 1, 2, 0, 1, 2])
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    clean, _ = adversarial_loss(model, model, x, y, AdvConfig(), 0.0, seed=0)
+    adv, _ = adversarial_loss(model, model, x, y, AdvConfig(method="pgd", eps=8 / 255), 8 / 255, seed=0)
+    assert adv.item() > clean.item()
+    assert not model.training
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
