@@ -59,12 +59,12 @@ def random_affine(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator | None
 
 
 def gaussian_noise(
-    x: torch.Tensor, std: torch.Tensor | float, g: torch.Generator | None = None
+    x: torch.Tensor, std: torch.Tensor | float, g: torch.Generator | None = None, clip: bool = True
 ) -> torch.Tensor:
-    """x + N(0, std^2) per image, clipped to [0,1]; `std` is a float or one value per image."""
+    """x + N(0, std^2) per image (`std`: a float or one value per image), clipped to [0,1] if `clip`."""
     std = torch.as_tensor(std, device=x.device, dtype=x.dtype).reshape(-1, 1, 1, 1)
-    noise = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
-    return (x + noise * std).clamp(0, 1)
+    noisy = x + torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype) * std
+    return noisy.clamp(0, 1) if clip else noisy
 
 
 def augment(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator | None = None) -> torch.Tensor:
@@ -75,6 +75,6 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator | None = Non
         x = random_affine(x, cfg, g)
     if cfg.noise_max:
         x = gaussian_noise(x, _uniform(x.shape[0], 0, cfg.noise_max, g, x.device), g)
-    if cfg.noise_sigma:
-        x = gaussian_noise(x, cfg.noise_sigma, g)
+    if cfg.noise_sigma:  # unclipped, exactly the noise randomized smoothing certifies with
+        x = gaussian_noise(x, cfg.noise_sigma, g, clip=False)
     return x
