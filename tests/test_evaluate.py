@@ -1,0 +1,272 @@
+"""Tests of the robustness evaluation (cascade bookkeeping, sanity flags, report files) and its CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+
+from birdshield import data
+from birdshield.cli import main
+from birdshield.evaluate import EvalConfig, attack_plan, evaluate, evaluate_samples, select
+from birdshield.models import load
+from birdshield.report import write_report
+
+EPS = (0.0, 0.5 / 255, 1 / 255, 2 / 255, 4 / 255)
+FAST = EvalConfig(
+    attacks=("fgsm", "pgd", "apgd-ce", "square"),
+    eps=EPS,
+    steps={"pgd": 5, "apgd-ce": 5},
+    square_queries=50,
+    corruptions=("gaussian_noise", "jpeg"),
+    severities=(1,),
+    noise_std=(0.1,),
+    batch_size=16,
+)
+REPORT_KEYS = {"model", "split", "n", "clean_accuracy", "corruptions", "results", "ensemble", "flags"}
+REPORT_KEYS |= {"config", "seconds", "trained_against", "skipped", "bad_images"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: extra intra-op threads only add overhead on a busy 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _net() -> nn.Module:
+    """A nearly linear 5-class net with large weights: its robust accuracy falls gradually over EPS."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(8 * 16 * 16, 5))
+    with torch.no_grad():
+        net[3].weight.mul_(20)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def setup() -> tuple[nn.Module, Tensor, Tensor]:
+    net = _net()
+    x = torch.rand(64, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    y[:8] = (y[:8] + 1) % 5  # 8 clean mistakes
+    return net, x, y
+
+
+def _batches(x: Tensor, y: Tensor, size: int = 16) -> list[tuple[Tensor, Tensor]]:
+    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
+
+
+def _run(model: nn.Module, x: Tensor, y: Tensor, **changes: object) -> dict:
+    import dataclasses
+
+    return evaluate(model, _batches(x, y), dataclasses.replace(FAST, **changes))
+
+
+@pytest.fixture(scope="module")
+def cascade(setup: tuple[nn.Module, Tensor, Tensor]) -> dict:
+    return _run(*setup)
+
+
+@pytest.fixture(scope="module")
+def independent(setup: tuple[nn.Module, Tensor, Tensor]) -> dict:
+    return _run(*setup, independent=True)
+
+
+def _by_eps(report: dict, eps: float) -> list[dict]:
+    return [r for r in report["results"] if r["eps"] == eps]
+
+
+def test_eps_zero_is_clean_accuracy(cascade: dict, independent: dict) -> None:
+    for report in (cascade, independent):
+        assert report["clean_accuracy"] == 56 / 64
+        assert report["ensemble"][0] == {"norm": "linf", "eps": 0.0, "robust_accuracy": 56 / 64}
+        assert all(r["fooled"] == 0 for r in _by_eps(report, 0.0))
+        assert report["flags"] == []
+
+
+def test_robust_accuracy_does_not_rise_with_eps(cascade: dict, independent: dict) -> None:
+    for report in (cascade, independent):
+        acc = [e["robust_accuracy"] for e in report["ensemble"]]
+        assert acc == sorted(acc, reverse=True)
+        assert acc[-1] < acc[0]  # the attacks do bite
+
+
+def test_ensemble_is_below_every_attack_and_clean(independent: dict) -> None:
+    for ens in independent["ensemble"]:
+        single = [r["robust_accuracy"] for r in _by_eps(independent, ens["eps"])]
+        assert ens["robust_accuracy"] <= min(single) <= max(single) <= independent["clean_accuracy"]
+        assert all(r["n_attacked"] == 56 for r in _by_eps(independent, ens["eps"]))
+
+
+def test_cascade_passes_only_survivors_on(cascade: dict) -> None:
+    for ens in cascade["ensemble"]:
+        rows = _by_eps(cascade, ens["eps"])
+        assert rows[0]["n_attacked"] == 56
+        for prev, nxt in zip(rows, rows[1:], strict=False):
+            assert nxt["n_attacked"] == prev["n_attacked"] - prev["fooled"]
+            assert nxt["robust_accuracy"] == nxt["n_attacked"] / 64 - nxt["fooled"] / 64
+        assert rows[-1]["robust_accuracy"] == ens["robust_accuracy"]
+
+
+def test_black_box_attacks_run_last_and_skips_are_reported() -> None:
+    cfg = EvalConfig(attacks=("square", "fgsm", "cw", "apgd-t", "pgd"))
+    plan, skipped = attack_plan(cfg, num_classes=3)
+    assert plan == ["fgsm", "pgd", "square"]
+    assert {s["attack"] for s in skipped} == {"cw", "apgd-t"}
+    with pytest.raises(ValueError, match="unknown attack"):
+        attack_plan(EvalConfig(attacks=("nope",)), 3)
+
+
+def test_l2_evaluation(setup: tuple[nn.Module, Tensor, Tensor]) -> None:
+    report = _run(*setup, norm="l2", eps=(0.0, 0.3), attacks=("fgsm", "pgd", "cw", "square"), corruptions=())
+    assert [r["attack"] for r in report["results"]] == ["fgsm", "pgd", "cw"] * 2
+    assert report["skipped"] == [
+        {"attack": "square", "reason": "implemented for linf only, evaluation norm is l2"}
+    ]
+    assert report["ensemble"][1]["robust_accuracy"] < report["clean_accuracy"] and report["flags"] == []
+
+
+class Noisy(nn.Module):
+    """Dropout that stays on in eval mode: a stochastic defence."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(F.dropout(x, 0.3, training=True))
+
+
+class Quantised(nn.Module):
+    """Rounds its input to 8 bits first: the input gradient is exactly zero (shattered gradients)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(torch.round(x * 255) / 255)
+
+
+def test_stochastic_model_is_flagged(setup: tuple[nn.Module, Tensor, Tensor]) -> None:
+    net, x, y = setup
+    report = _run(Noisy(net), x, y, eps=(1 / 255,), attacks=("fgsm",), corruptions=(), noise_std=())
+    assert "stochastic model" in {f["flag"] for f in report["flags"]}
+
+
+def test_zero_gradients_and_masking_are_flagged(setup: tuple[nn.Module, Tensor, Tensor]) -> None:
+    net, x, y = setup
+    report = _run(Quantised(net), x, y, eps=(4 / 255,), square_queries=100, corruptions=(), noise_std=())
+    flags = {f["flag"] for f in report["flags"]}
+    assert "zero gradients" in flags
+    assert "possible gradient masking" in flags  # square fools what the blinded gradient attacks cannot
+    assert all(r["fooled"] == 0 for r in report["results"] if r["attack"] != "square")
+
+
+def test_report_files(cascade: dict, setup: tuple[nn.Module, Tensor, Tensor], tmp_path: Path) -> None:
+    net, x, y = setup
+    examples: list = []
+    evaluate(net, _batches(x[:16], y[:16]), FAST, examples=examples)
+    assert 0 < len(examples) <= 4
+    md = write_report(cascade, tmp_path, examples)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert set(saved) >= REPORT_KEYS
+    keys = {"attack", "norm", "eps", "robust_accuracy", "fooled", "n_attacked", "n", "seconds"}
+    assert set(saved["results"][0]) == keys
+    assert {c["label"] for c in saved["corruptions"]} >= {"gaussian_noise std=0.1", "jpeg severity=1"}
+    text = md.read_text()
+    assert "No sanity flags raised." in text and "ensemble (worst case)" in text
+    for png in ("accuracy_vs_eps.png", "examples.png"):
+        assert Image.open(tmp_path / png).size[0] > 100
+
+
+def test_stratified_subset_is_seeded() -> None:
+    samples = [data.Sample(Path(f"{c}/{i}.jpg"), c) for c in range(3) for i in range(10)]
+    sub = select(samples, 9, seed=1)
+    assert sorted(s.label for s in sub) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert sub == select(samples, 9, seed=1) and sub != select(samples, 9, seed=2)
+    assert select(samples, None, 0) == samples
+
+
+# ------------------------------------------------------------------------------------------ real run, CLI
+
+
+def test_evaluate_samples_skips_bad_images(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    model = load(tiny_run)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    samples = [data.Sample(p, 0) for p in sorted((tiny_data / "test").rglob("*.jpg"))[:3]] + [
+        data.Sample(bad, 1)
+    ]
+    cfg = EvalConfig(attacks=("fgsm",), eps=(2 / 255,), corruptions=(), noise_std=(), batch_size=2)
+    report = evaluate_samples(model, samples, cfg)
+    assert report["n"] == 3
+    assert [b["path"] for b in report["bad_images"]] == [str(bad)]
+
+
+def test_evaluate_cli(tiny_run: Path, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "report"
+    argv = ["evaluate", str(tiny_run), str(tiny_data), "--out", str(out), "--attacks", "fgsm,pgd,square"]
+    argv += ["--eps", "0,2/255,8/255", "--steps", "3", "--square-queries", "20", "--n", "9"]
+    argv += ["--corruptions", "gaussian_noise", "--severities", "1", "--noise-std", "0.1"]
+    assert main([*argv, "--surrogate", str(tiny_run)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["n"] == 9 and report["split"] == "test" and report["model"]["run_dir"] == str(tiny_run)
+    assert report["ensemble"][0]["robust_accuracy"] == report["clean_accuracy"]
+    assert report["trained_against"]["adversarial"]["method"] == "none"
+    assert [r["attack"] for r in report["results"]][:4] == ["fgsm", "pgd", "transfer", "square"]
+    printed = capsys.readouterr().out
+    assert "clean accuracy" in printed and "sanity flags" in printed and "report.md" in printed
+    assert main(["evaluate", str(tiny_run), str(tiny_data), "--out", str(out), "--attacks", "nope"]) == 2
+
+
+def _png_inputs(tiny_data: Path, tmp_path: Path) -> Path:
+    """A folder of 48 px test photos in class folders plus one unreadable file."""
+    src = tmp_path / "in"
+    shutil.copytree(tiny_data / "test", src)
+    (src / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    return src
+
+
+def test_attack_cli(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    src, out = _png_inputs(tiny_data, tmp_path), tmp_path / "adv"
+    eps = 4 / 255
+    argv = ["attack", str(tiny_run), str(src), "--out", str(out), "--attack", "pgd", "--eps", "4/255"]
+    assert main([*argv, "--steps", "3"]) == 0
+    rows = list(csv.DictReader((out / "attack.csv").open()))
+    inputs = data.list_images(src)
+    assert len(rows) == len(inputs) == 13
+    (bad,) = [r for r in rows if r["error"]]
+    assert bad["image"].endswith("broken.jpg") and not bad["output"]
+    for row in (r for r in rows if not r["error"]):
+        orig = Path(row["image"])
+        png = out / orig.relative_to(src).with_suffix(".png")
+        assert row["output"] == str(png) and row["label_source"] == "folder"
+        adv = np.asarray(Image.open(png).convert("RGB"), dtype=np.float32) / 255
+        ref = data.to_tensor(data.read_rgb(orig), 48).permute(1, 2, 0).numpy()
+        assert adv.shape == (48, 48, 3)
+        assert np.abs(adv - ref).max() <= eps + 1 / 255 + 1e-6
+        assert float(row["linf"]) <= eps + 1e-6
+
+
+def test_attack_never_overwrites_inputs(tiny_run: Path, tmp_path: Path, make_image) -> None:
+    folder = tmp_path / "pngs"
+    img = make_image(folder / "blue jay" / "a.png", seed=3)
+    before = img.read_bytes()
+    assert main(["attack", str(tiny_run), str(folder), "--out", str(folder), "--steps", "1"]) == 2
+    same_place = ["attack", str(tiny_run), str(img), "--out", str(img.parent), "--steps", "1"]
+    assert main(same_place) == 2  # a.png given as a file, output a.png in its own folder
+    assert img.read_bytes() == before
+    assert sorted(p.name for p in folder.rglob("*")) == ["a.png", "blue jay"]
