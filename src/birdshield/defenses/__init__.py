@@ -1,0 +1,44 @@
+"""Defences: randomized smoothing (certified), input transformations with BPDA/EOT for honest attacks, and
+adversarial-training losses (`defenses.adversarial`, used by train)."""
+
+from __future__ import annotations
+
+from .smoothing import (
+    ABSTAIN,
+    Smoothed,
+    certified_accuracy,
+    certified_radius,
+    certify_dataset,
+    lower_confidence_bound,
+    stratified_subset,
+)
+from .transforms import (
+    DEFENSE_PARAMS,
+    EOT,
+    JPEG,
+    TRANSFORMS,
+    BitDepth,
+    Defended,
+    InputTransform,
+    MedianFilter,
+    make_transform,
+)
+
+__all__ = [
+    "ABSTAIN",
+    "DEFENSE_PARAMS",
+    "EOT",
+    "JPEG",
+    "TRANSFORMS",
+    "BitDepth",
+    "Defended",
+    "InputTransform",
+    "MedianFilter",
+    "Smoothed",
+    "certified_accuracy",
+    "certified_radius",
+    "certify_dataset",
+    "lower_confidence_bound",
+    "make_transform",
+    "stratified_subset",
+]

@@ -1,0 +1,175 @@
+"""Input-transformation defences (JPEG re-compression, bit-depth reduction, median filter) that stay honest
+under gradient attacks.
+
+Each transform is non-differentiable (or nearly flat), which makes a naive gradient attack fail and the
+defence look strong: gradient masking. Following Athalye, Carlini & Wagner 2018 ("Obfuscated Gradients Give
+a False Sense of Security"), every transform's forward is the real transform while its backward is the
+identity (BPDA, straight-through), and randomised transforms are attacked through `EOT`, which averages
+logits over several random draws. `Defended(model, transform)` is then an ordinary model: any attack in
+`birdshield.attacks` run on it is already adaptive.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..attacks.corruptions import jpeg as jpeg_round_trip
+
+
+class InputTransform(nn.Module):
+    """A fixed preprocessing step on [0,1] images whose gradient is the identity (BPDA) by default.
+
+    bpda=False gives the zero gradient a non-differentiable pipeline offers an attacker; it exists only
+    to show gradient masking and must not be used to report robustness.
+    """
+
+    def __init__(self, bpda: bool = True) -> None:
+        super().__init__()
+        self.bpda = bpda
+
+    def transform(self, x: Tensor) -> Tensor:
+        """The real transform (no gradient needed)."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            t = self.transform(x.detach())
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return t
+        # x - x.detach() is exactly 0, so the value is exactly t while d out / d x is the identity (or 0).
+        return t + (x - x.detach()) if self.bpda else t + 0 * x
+
+    def extra_repr(self) -> str:
+        return f"bpda={self.bpda}"
+
+
+class JPEG(InputTransform):
+    """PIL JPEG encode/decode of each image at `quality`, or at a random quality in (low, high) per image
+    and per call (then attack it through `EOT`)."""
+
+    def __init__(self, quality: int | tuple[int, int] = 75, *, seed: int = 0, bpda: bool = True) -> None:
+        super().__init__(bpda)
+        low, high = (quality, quality) if isinstance(quality, int) else quality
+        if not 1 <= low <= high <= 95:
+            raise ValueError(f"JPEG quality must be in 1..95 (low <= high), got {quality}")
+        self.quality = (int(low), int(high))
+        self.gen = torch.Generator().manual_seed(seed)
+
+    @property
+    def random(self) -> bool:
+        return self.quality[0] != self.quality[1]
+
+    def transform(self, x: Tensor) -> Tensor:
+        low, high = self.quality
+        if not self.random:
+            return jpeg_round_trip(x, quality=low)
+        qualities = torch.randint(low, high + 1, (x.shape[0],), generator=self.gen).tolist()
+        return torch.cat([jpeg_round_trip(x[i : i + 1], quality=q) for i, q in enumerate(qualities)])
+
+    def extra_repr(self) -> str:
+        return f"quality={self.quality}, bpda={self.bpda}"
+
+
+class BitDepth(InputTransform):
+    """Rounds each channel to 2**bits levels (Xu et al. 2018, feature squeezing); 8 bits leaves 8-bit images
+    (any image read from a file) unchanged."""
+
+    def __init__(self, bits: int = 4, *, bpda: bool = True) -> None:
+        super().__init__(bpda)
+        if not 1 <= bits <= 16:
+            raise ValueError(f"bits must be in 1..16, got {bits}")
+        self.bits = int(bits)
+
+    def transform(self, x: Tensor) -> Tensor:
+        levels = 2**self.bits - 1
+        return (x.clamp(0, 1) * levels).round() / levels
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, bpda={self.bpda}"
+
+
+class MedianFilter(InputTransform):
+    """Per-channel median over a kernel x kernel window, borders reflected; kernel 1 is the identity."""
+
+    def __init__(self, kernel: int = 3, *, bpda: bool = True) -> None:
+        super().__init__(bpda)
+        if kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"median kernel must be an odd size >= 1, got {kernel}")
+        self.kernel = int(kernel)
+
+    def transform(self, x: Tensor) -> Tensor:
+        k = self.kernel
+        if k == 1:
+            return x.clone()
+        padded = nn.functional.pad(x, (k // 2,) * 4, mode="reflect")
+        windows = padded.unfold(2, k, 1).unfold(3, k, 1)  # (N, C, H, W, k, k)
+        return windows.flatten(-2).median(dim=-1).values
+
+    def extra_repr(self) -> str:
+        return f"kernel={self.kernel}, bpda={self.bpda}"
+
+
+class Defended(nn.Module):
+    """`model(transform(x))`, usable wherever a model is: predict, evaluate, every attack (BPDA built in)."""
+
+    def __init__(self, model: nn.Module, transform: nn.Module) -> None:
+        super().__init__()
+        self.model, self.transform = model, transform
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(self.transform(x))
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.model.class_names
+
+    @property
+    def image_size(self) -> int:
+        return self.model.image_size
+
+    @property
+    def meta(self) -> dict:
+        return {**self.model.meta, "defense": repr(self.transform)}
+
+
+class EOT(nn.Module):
+    """Expectation over Transformation: logits averaged over `samples` forwards of a randomised model, so a
+    gradient attack follows the expected loss rather than one random draw."""
+
+    def __init__(self, model: nn.Module, samples: int = 8) -> None:
+        super().__init__()
+        if samples < 1:
+            raise ValueError(f"EOT needs samples >= 1, got {samples}")
+        self.model, self.samples = model, int(samples)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.stack([self.model(x) for _ in range(self.samples)]).mean(0)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.model.class_names
+
+    @property
+    def image_size(self) -> int:
+        return self.model.image_size
+
+
+TRANSFORMS: dict[str, type[InputTransform]] = {"jpeg": JPEG, "bits": BitDepth, "median": MedianFilter}
+# The one CLI parameter of each defence, and its default.
+DEFENSE_PARAMS: dict[str, tuple[str, float]] = {
+    "jpeg": ("quality", 75),
+    "bits": ("bits", 4),
+    "median": ("kernel", 3),
+    "smoothing": ("sigma", 0.25),
+}
+
+
+def make_transform(name: str, param: float | None = None) -> InputTransform:
+    """The transform called `name` ("jpeg", "bits", "median") with its one parameter (default if None)."""
+    if name not in TRANSFORMS:
+        raise ValueError(f"unknown input transform {name!r}; valid: {', '.join(TRANSFORMS)}")
+    value = DEFENSE_PARAMS[name][1] if param is None else param
+    if value != int(value):
+        raise ValueError(f"{name}: {DEFENSE_PARAMS[name][0]} must be a whole number, got {value}")
+    return TRANSFORMS[name](int(value))

@@ -1,0 +1,262 @@
+"""Defences: randomized-smoothing statistics and certificates, input transforms with BPDA/EOT, and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_CLASSES
+from PIL import Image
+from scipy.stats import beta, norm
+from torch import Tensor, nn
+
+from birdshield import data
+from birdshield.attacks import pgd
+from birdshield.cli import main
+from birdshield.defenses import (
+    ABSTAIN,
+    EOT,
+    JPEG,
+    BitDepth,
+    Defended,
+    MedianFilter,
+    Smoothed,
+    certified_accuracy,
+    certified_radius,
+    lower_confidence_bound,
+    stratified_subset,
+)
+from birdshield.models import load
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: a second intra-op thread only adds contention (10x slower on a busy 2-core box)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- toy base classifiers
+
+
+class Threshold(nn.Module):
+    """Class 0 when the mean pixel is above 0.5, else class 1, with a steep (confident) margin."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        m = x.mean(dim=(1, 2, 3)) - 0.5
+        return torch.stack([100 * m, -100 * m], dim=1)
+
+
+class Coin(nn.Module):
+    """Ignores its input: a uniformly random class on every call."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.classes, self.gen = classes, torch.Generator().manual_seed(0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.rand(x.shape[0], self.classes, generator=self.gen)
+
+
+def _images(mean: float, n: int = 2) -> Tensor:
+    return torch.full((n, 3, 4, 4), mean)
+
+
+# ----------------------------------------------------------------------------- smoothing
+
+
+def test_confident_model_is_certified_with_the_exact_radius() -> None:
+    sigma, n, alpha = 0.01, 200, 0.001
+    classes, radii = Smoothed(Threshold(), sigma).certify(_images(0.7), n0=20, n=n, alpha=alpha, seed=0)
+    assert classes.tolist() == [0, 0]
+    expected = sigma * norm.ppf(alpha ** (1 / n))  # every vote for class 0: pA_lower = alpha^(1/n)
+    assert radii.tolist() == pytest.approx([expected, expected]) and expected > 0
+    classes, _ = Smoothed(Threshold(), sigma).predict(_images(0.3), n=50, alpha=alpha)
+    assert classes.tolist() == [1, 1]
+
+
+def test_radius_grows_with_the_top_class_count() -> None:
+    radii = [certified_radius(lower_confidence_bound(k, 100, 0.001), 0.25) for k in range(101)]
+    first = next(k for k, r in enumerate(radii) if r is not None)
+    assert all(r is None for r in radii[:first]) and first > 50  # abstain until pA_lower >= 1/2
+    certified = radii[first:]
+    assert all(a < b for a, b in zip(certified, certified[1:], strict=False))
+
+
+def test_random_model_abstains() -> None:
+    classes, radii = Smoothed(Coin(), 0.25).certify(_images(0.5), n0=30, n=300, alpha=0.001)
+    assert classes.tolist() == [ABSTAIN, ABSTAIN] and radii.isnan().all()
+    classes, counts = Smoothed(Coin(), 0.25).predict(_images(0.5), n=300, alpha=0.001)
+    assert classes.tolist() == [ABSTAIN, ABSTAIN] and counts.sum(1).tolist() == [300, 300]
+
+
+@pytest.mark.parametrize("k,n", [(1, 10), (37, 50), (99, 100), (100, 100), (400, 1000)])
+def test_clopper_pearson_matches_beta_quantile(k: int, n: int) -> None:
+    alpha = 0.001
+    lower = lower_confidence_bound(k, n, alpha)
+    assert lower == pytest.approx(beta.ppf(alpha, k, n - k + 1), rel=1e-12)
+    assert 0 < lower < k / n
+    assert lower_confidence_bound(0, n, alpha) == 0.0
+
+
+def test_same_seed_same_votes() -> None:
+    x = _images(0.5, n=3)  # on the boundary: every vote depends on the noise
+    smoothed = Smoothed(Threshold(), 0.5, batch_size=32)
+    a, b, c = (smoothed.predict(x, n=100, alpha=0.01, seed=s)[1] for s in (0, 0, 1))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert 20 < a[0, 0] < 80  # the noise really decides
+    first, second = (smoothed.certify(x, n0=10, n=100, alpha=0.01, seed=7) for _ in range(2))
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1].nan_to_num(), second[1].nan_to_num())
+
+
+def test_certified_accuracy_and_subset() -> None:
+    images = [
+        {"correct": True, "radius": 0.6},
+        {"correct": True, "radius": 0.1},
+        {"correct": False, "radius": 0.9},
+        {"correct": False, "radius": None},
+    ]
+    curve = certified_accuracy(images, [0.0, 0.1, 0.2, 0.6, 0.7])
+    assert [row["accuracy"] for row in curve] == [0.5, 0.5, 0.25, 0.25, 0.0]
+    samples = [data.Sample(Path(f"{c}/{i}.jpg"), c) for c in range(3) for i in range(5 + c)]
+    picked = stratified_subset(samples, 7, seed=3)
+    assert len(picked) == 7 and sorted(Counter(s.label for s in picked).values()) == [2, 2, 3]
+    assert picked == stratified_subset(samples, 7, seed=3)
+
+
+def test_certify_cli_lists_every_image(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    args = ["--sigma", "0.12", "--n0", "8", "--n", "40", "--alpha", "0.01", "--n-images", "6"]
+    assert main(["certify", str(tiny_run), str(tiny_data), *args, "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "certify.json").read_text())
+    assert (result["sigma"], result["n0"], result["n"], len(result["images"])) == (0.12, 8, 40, 6)
+    assert Counter(im["label"] for im in result["images"]) == dict.fromkeys(TINY_CLASSES, 2)
+    for im in result["images"]:
+        assert im["prediction"] in [*TINY_CLASSES, None]
+        assert im["correct"] == (im["prediction"] == im["label"])
+        assert (im["radius"] is None) == (im["prediction"] is None)
+    acc = [row["accuracy"] for row in result["certified_accuracy"]]
+    assert acc[0] == sum(im["correct"] for im in result["images"]) / 6
+    assert all(a >= b for a, b in zip(acc, acc[1:], strict=False))
+    assert (tmp_path / "certify.md").is_file() and (tmp_path / "certified_accuracy.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("defense,param", [("smoothing", "0.12"), ("jpeg", "60"), ("median", "3")])
+def test_predict_cli_with_defense(tiny_run: Path, tiny_data: Path, tmp_path: Path, defense, param) -> None:
+    out = tmp_path / "p.csv"
+    opts = ["--defense", defense, "--defense-param", param, "--n", "30", "--top-k", "2"]
+    assert main(["predict", str(tiny_run), str(tiny_data / "test"), "--out", str(out), *opts]) == 0
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert len(rows) == 12 and list(rows[0]) == [
+        "image",
+        "species",
+        "confidence",
+        "species_2",
+        "confidence_2",
+        "error",
+    ]
+    assert all(r["species"] in [*TINY_CLASSES, "ABSTAIN"] and not r["error"] for r in rows)
+    assert all((r["species"] == "ABSTAIN") == (r["confidence"] == "") for r in rows)
+
+
+def test_bad_defense_parameter_is_a_clean_error(tiny_run: Path, tiny_data: Path, capsys) -> None:
+    args = ["predict", str(tiny_run), str(tiny_data / "test"), "--out", "-", "--defense", "jpeg"]
+    assert main([*args, "--defense-param", "0"]) == 2
+    assert "quality" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- input transforms
+
+
+class Net(nn.Module):
+    """A small random conv net: smooth, with a non-trivial input gradient everywhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Tanh(), nn.AdaptiveAvgPool2d(2), nn.Flatten())
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.body(x))
+
+
+TRANSFORMS = [JPEG(50), JPEG((30, 90)), BitDepth(3), MedianFilter(3)]
+
+
+def _rand(seed: int = 0) -> Tensor:
+    return torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("t", TRANSFORMS, ids=repr)
+def test_transform_output_in_unit_box(t: nn.Module) -> None:
+    out = t(_rand())
+    assert out.shape == (2, 3, 16, 16) and out.min() >= 0 and out.max() <= 1
+
+
+def test_identities_and_jpeg_is_a_pil_round_trip() -> None:
+    x8 = torch.randint(0, 256, (2, 3, 16, 16), generator=torch.Generator().manual_seed(0)) / 255
+    assert torch.equal(BitDepth(8)(x8), x8)
+    assert torch.equal(MedianFilter(1)(_rand()), _rand())
+    spike = torch.full((1, 3, 9, 9), 0.25)
+    spike[..., 4, 4] = 1.0
+    assert torch.equal(MedianFilter(3)(spike), torch.full_like(spike, 0.25))
+    for i, img in enumerate((x8 * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()):
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=40)
+        expected = torch.from_numpy(np.array(Image.open(buf))).permute(2, 0, 1) / 255
+        assert torch.equal(JPEG(40)(x8)[i], expected)
+
+
+@pytest.mark.parametrize("t", TRANSFORMS[:1] + TRANSFORMS[2:], ids=repr)
+def test_bpda_gradient_is_the_models_gradient_at_the_transformed_point(t: nn.Module) -> None:
+    net, x = Net().eval(), _rand().requires_grad_(True)
+    out = Defended(net, t)(x)
+    (grad,) = torch.autograd.grad(out[:, 0].sum(), x)
+    xt = t.transform(x.detach()).requires_grad_(True)
+    ref = net(xt)
+    (ref_grad,) = torch.autograd.grad(ref[:, 0].sum(), xt)
+    assert torch.equal(out, ref) and grad.abs().sum() > 0
+    torch.testing.assert_close(grad, ref_grad)
+    t.bpda = False
+    try:
+        (masked,) = torch.autograd.grad(Defended(net, t)(x)[:, 0].sum(), x)
+    finally:
+        t.bpda = True
+    assert not masked.any()
+
+
+def test_eot_averages_random_draws() -> None:
+    net, x = Net().eval(), _rand()
+    eot = EOT(Defended(net, JPEG((30, 90), seed=5)), samples=4)
+    twin = Defended(net, JPEG((30, 90), seed=5))
+    with torch.no_grad():
+        torch.testing.assert_close(eot(x), torch.stack([twin(x) for _ in range(4)]).mean(0))
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(eot(xg)[:, 0].sum(), xg)
+    assert grad.abs().sum() > 0
+
+
+def test_bpda_attack_beats_the_masked_gradient(tiny_run: Path, tiny_data: Path) -> None:
+    """Without BPDA, PGD gets zero gradients and the JPEG defence looks robust; with BPDA it is not."""
+    model = load(tiny_run)
+    samples = data.discover(tiny_data).splits["test"]
+    x = torch.stack([data.to_tensor(data.read_rgb(s.path), model.image_size) for s in samples])
+    y = torch.tensor([s.label for s in samples])
+    accuracy = {}
+    for bpda in (True, False):
+        defended = Defended(model, JPEG(75, bpda=bpda))
+        x_adv = pgd(defended, x, y, eps=16 / 255, steps=10, seed=0)
+        with torch.no_grad():
+            accuracy[bpda] = (defended(x_adv).argmax(1) == y).float().mean().item()
+    with torch.no_grad():
+        clean = (Defended(model, JPEG(75))(x).argmax(1) == y).float().mean().item()
+    assert accuracy[True] < accuracy[False] <= clean, accuracy
