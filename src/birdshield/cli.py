@@ -365,13 +365,11 @@ def _split_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _prepared_model(run_dir: str, device: object, threads: int = 0) -> object:
+def _prepared_model(run_dir: str, device: object) -> object:
     import torch
 
     from .models import load
 
-    if threads > 0:
-        torch.set_num_threads(threads)
     model = load(run_dir, device)
     # channels_last is ~20% faster for conv nets on CPU (MEASUREMENTS.md); converting the weights suffices
     return model.to(memory_format=torch.channels_last) if str(device) == "cpu" else model
@@ -428,13 +426,6 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, help="seed of the subset, attacks and noise (default 0)")
     g.add_argument("--batch-size", type=int, help="images per chunk (default 32)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    g.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="CPU threads (0 = torch's default). On a CPU shared with other busy processes use fewer than "
-        "the cores: each op waits for its slowest thread (1 thread measured 8x faster on a busy 2-core box)",
-    )
     p.set_defaults(handler=_evaluate)
 
 
@@ -491,7 +482,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"birdshield evaluate: error: {e}", file=sys.stderr)
         return 2
     device = pick_device(args.device)
-    model = _prepared_model(args.run_dir, device, args.threads)
+    model = _prepared_model(args.run_dir, device)
     if args.surrogate:
         overrides["surrogate"] = _prepared_model(args.surrogate, device)
     cfg = dataclasses.replace(PRESETS[args.eval_preset], **overrides)
@@ -549,7 +540,6 @@ def _add_attack(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default); see evaluate")
     p.set_defaults(handler=_attack)
 
 
@@ -560,7 +550,7 @@ def _attack(args: argparse.Namespace) -> int:
     from .runtime import pick_device, tune_cpu_allocator
 
     tune_cpu_allocator()
-    model = _prepared_model(args.run_dir, pick_device(args.device), args.threads)
+    model = _prepared_model(args.run_dir, pick_device(args.device))
     try:
         rows = attack_files(
             model,
@@ -639,12 +629,53 @@ def _certify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the main job in one command: train briefly, evaluate robustness, print where the report is",
+        formatter_class=_formatter,
+        description="Train the default model briefly on DATA (linear probe on cached features, then a short "
+        "fine-tune), evaluate it with `evaluate --quick` on the test split, and print where the report is. "
+        "About 2 minutes on 2 CPU cores for birds-mini.",
+    )
+    p.add_argument(
+        "--data", required=True, help="dataset root with train/valid/test (any layout `train` accepts)"
+    )
+    p.add_argument(
+        "--out", default="runs/demo", help="folder for the run (OUT/run) and the report (OUT/report)"
+    )
+    p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs after the linear probe")
+    p.add_argument(
+        "--n", type=int, default=None, help="evaluate a seeded, stratified subset of N test images"
+    )
+    p.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    run, report = Path(args.out) / "run", Path(args.out) / "report"
+    print(f"== 1/2 train -> {run}", flush=True)
+    code = _run(["train", args.data, "--out", str(run), "--epochs", str(args.epochs)])
+    if code == 0:
+        print(f"== 2/2 evaluate --quick -> {report}", flush=True)
+        subset = ["--n", str(args.n)] if args.n else []
+        code = _run(["evaluate", str(run), args.data, "--out", str(report), "--quick", *subset])
+    if code == 0:
+        print(f"\nreport: {report / 'report.md'} (plots: accuracy_vs_eps.png, examples.png; model: {run})")
+    return code
+
+
+def _run(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train,
     _add_predict,
     _add_data,
     _add_evaluate,
     _add_attack,
+    _add_demo,
     _add_certify,
 ]
 
@@ -656,6 +687,14 @@ def build_parser() -> argparse.ArgumentParser:
         "attack them, defend them, and report honestly how robust they are.",
     )
     parser.add_argument("--version", action="version", version=f"birdshield {__version__}")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for every command (0 = torch's default). On a CPU shared with other busy processes "
+        "use fewer than the cores: each op waits for its slowest thread (1 thread measured 8x faster than 2 "
+        "on a busy 2-core machine)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
@@ -666,6 +705,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if getattr(args, "preset", None):  # a preset changes the defaults; options given explicitly still win
         from .train import PRESETS
 
