@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from birdshield import data
 from birdshield.attacks import pgd
 from birdshield.cli import main
+from birdshield.data import stratified_subset
 from birdshield.defenses import (
     ABSTAIN,
     EOT,
@@ -31,7 +32,6 @@ from birdshield.defenses import (
     certified_accuracy,
     certified_radius,
     lower_confidence_bound,
-    stratified_subset,
 )
 from birdshield.models import load
 

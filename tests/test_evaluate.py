@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from birdshield import data
 from birdshield.cli import main
-from birdshield.evaluate import EvalConfig, attack_plan, evaluate, evaluate_samples, select
+from birdshield.evaluate import EvalConfig, attack_plan, evaluate, evaluate_samples
 from birdshield.models import load
 from birdshield.report import write_report
 
@@ -190,14 +190,6 @@ def test_report_files(cascade: dict, setup: tuple[nn.Module, Tensor, Tensor], tm
     assert "No sanity flags raised." in text and "ensemble (worst case)" in text
     for png in ("accuracy_vs_eps.png", "examples.png"):
         assert Image.open(tmp_path / png).size[0] > 100
-
-
-def test_stratified_subset_is_seeded() -> None:
-    samples = [data.Sample(Path(f"{c}/{i}.jpg"), c) for c in range(3) for i in range(10)]
-    sub = select(samples, 9, seed=1)
-    assert sorted(s.label for s in sub) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
-    assert sub == select(samples, 9, seed=1) and sub != select(samples, 9, seed=2)
-    assert select(samples, None, 0) == samples
 
 
 # ------------------------------------------------------------------------------------------ real run, CLI

@@ -609,7 +609,8 @@ def _add_certify(sub: argparse._SubParsersAction) -> None:
 
 def _certify(args: argparse.Namespace) -> int:
     from . import data
-    from .defenses.smoothing import certify_dataset, stratified_subset, write_report
+    from .data import stratified_subset
+    from .defenses.smoothing import certify_dataset, write_report
     from .evaluate import samples_for_model
     from .runtime import pick_device, tune_cpu_allocator
 

@@ -42,6 +42,7 @@ __all__ = [
     "format_check",
     "list_images",
     "read_rgb",
+    "stratified_subset",
     "to_tensor",
 ]
 
@@ -508,6 +509,21 @@ def discover(
         for split in SPLITS
     }
     return Dataset(scan.root, scan.layout, list(scan.classes), splits)
+
+
+def stratified_subset(samples: Sequence[Sample], n: int | None, seed: int = 0) -> list[Sample]:
+    """A seeded subset of n samples with every class as equally represented as its images allow."""
+    if n is None or n >= len(samples):
+        return list(samples)
+    rng = random.Random(seed)
+    by_class: dict[int, list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_class[s.label].append(s)
+    queues = [rng.sample(v, len(v)) for _, v in sorted(by_class.items())]
+    rng.shuffle(queues)  # which classes get the one extra image when n is not a multiple
+    longest = max(map(len, queues))
+    order = [q[i] for i in range(longest) for q in queues if i < len(q)]
+    return sorted(order[:n], key=lambda s: s.path)
 
 
 # --------------------------------------------------------------------------------------------- torch access

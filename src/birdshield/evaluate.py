@@ -36,7 +36,6 @@ import dataclasses
 import inspect
 import io
 import math
-import random
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -495,23 +494,6 @@ def evaluate(
 # ------------------------------------------------------------------------------------------------ samples
 
 
-def select(samples: Sequence[data.Sample], n: int | None, seed: int) -> list[data.Sample]:
-    """A seeded, stratified subset of n samples: classes take turns, each in a shuffled order."""
-    if n is None or n >= len(samples):
-        return list(samples)
-    rng = random.Random(seed)
-    by_class: dict[int, list[data.Sample]] = defaultdict(list)
-    for s in samples:
-        by_class[s.label].append(s)
-    queues = [rng.sample(v, len(v)) for _, v in sorted(by_class.items())]
-    rng.shuffle(queues)
-    picked: list[data.Sample] = []
-    while len(picked) < n:
-        picked += [q.pop() for q in queues if q][: n - len(picked)]
-    order = {id(s): i for i, s in enumerate(samples)}
-    return sorted(picked, key=lambda s: order[id(s)])
-
-
 def samples_for_model(dataset: data.Dataset, split: str, class_names: Sequence[str]) -> list[data.Sample]:
     """The split's samples relabelled to the model's class indices (by name); other classes are dropped."""
     samples = dataset.splits.get(split) or []
@@ -552,7 +534,7 @@ def evaluate_samples(
 ) -> dict[str, Any]:
     """``evaluate`` on image files (labels = model class indices), read a chunk at a time at the model's
     input size; ``cfg.n`` picks a seeded stratified subset. Unreadable files are listed in bad_images."""
-    chosen, bad = select(samples, cfg.n, cfg.seed), []
+    chosen, bad = data.stratified_subset(samples, cfg.n, cfg.seed), []
     chunks = _load_chunks(chosen, model.image_size, cfg.batch_size, bad)
     report = evaluate(model, chunks, cfg, on_progress, examples, total=len(chosen))
     report["bad_images"] = bad
@@ -705,6 +687,5 @@ __all__ = [
     "evaluate_samples",
     "output_names",
     "samples_for_model",
-    "select",
     "trained_against",
 ]

@@ -10,7 +10,6 @@ from .smoothing import (
     certified_radius,
     certify_dataset,
     lower_confidence_bound,
-    stratified_subset,
 )
 from .transforms import (
     DEFENSE_PARAMS,
@@ -40,5 +39,4 @@ __all__ = [
     "certify_dataset",
     "lower_confidence_bound",
     "make_transform",
-    "stratified_subset",
 ]

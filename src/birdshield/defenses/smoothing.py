@@ -9,15 +9,13 @@ the model's input tensor (image_size x image_size after resizing), not on the or
 
 Noise is added without clipping to [0,1]: Cohen et al. certify the pure Gaussian model, and so do we.
 (Clipping would still give a valid certificate, being part of the base classifier f, but birdshield keeps
-the textbook setting.) Note `train --noise-sigma` clips its noisy images, a small train/certify mismatch.
+the textbook setting.) `train --noise-sigma` (and `--preset smoothing`) adds the same unclipped noise.
 """
 
 from __future__ import annotations
 
 import math
-import random
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import data
+from ..attacks.base import generator
 from ..runtime import atomic_write_bytes, atomic_write_json, progress
 
 ABSTAIN = -1
@@ -107,7 +106,7 @@ class Smoothed:
         alpha, so the answer differs from g(x) with probability at most alpha.
         """
         _check(n=n, alpha=alpha)
-        gen = _generator(x, seed)
+        gen = generator(x, seed)
         counts = torch.stack([self._votes(img, [n], gen)[0] for img in x])
         classes = [int(c.argmax()) if _top2_significant(c, alpha) else ABSTAIN for c in counts]
         return torch.tensor(classes, dtype=torch.long), counts
@@ -118,7 +117,7 @@ class Smoothed:
         n0 samples pick the candidate class, n fresh samples bound its probability from below.
         """
         _check(n=n, alpha=alpha, n0=n0)
-        gen = _generator(x, seed)
+        gen = generator(x, seed)
         classes, radii = [], []
         for img in x:
             counts0, counts = self._votes(img, [n0, n], gen)
@@ -136,26 +135,7 @@ def _check(*, n: int, alpha: float, n0: int = 1) -> None:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
 
 
-def _generator(x: Tensor, seed: int) -> torch.Generator:
-    return torch.Generator(device=x.device).manual_seed(int(seed))
-
-
 # ------------------------------------------------------------------------------------------ datasets
-
-
-def stratified_subset(samples: Sequence[data.Sample], n: int | None, seed: int = 0) -> list[data.Sample]:
-    """A seeded subset of n samples with every class as equally represented as its images allow."""
-    if n is None or n >= len(samples):
-        return list(samples)
-    rng = random.Random(seed)
-    by_class: dict[int, list[data.Sample]] = defaultdict(list)
-    for s in samples:
-        by_class[s.label].append(s)
-    queues = [rng.sample(v, len(v)) for _, v in sorted(by_class.items())]
-    rng.shuffle(queues)  # which classes get the one extra image when n is not a multiple
-    longest = max(map(len, queues))
-    order = [q[i] for i in range(longest) for q in queues if i < len(q)]
-    return sorted(order[:n], key=lambda s: s.path)
 
 
 def certified_accuracy(images: Sequence[dict], radii: Sequence[float]) -> list[dict[str, float]]:
