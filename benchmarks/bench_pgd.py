@@ -53,7 +53,7 @@ def prepare(args: argparse.Namespace, path: Path) -> None:
     import torch
 
     from birdshield import data
-    from birdshield.evaluate import samples_for_model, select
+    from birdshield.evaluate import samples_for_model
     from birdshield.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()  # only this untimed preparation process
@@ -63,7 +63,7 @@ def prepare(args: argparse.Namespace, path: Path) -> None:
         samples = samples_for_model(dataset, "test", model.class_names)
     else:
         samples = dataset.splits["test"]
-    samples = select(samples, args.n, args.seed)
+    samples = data.stratified_subset(samples, args.n, args.seed)
     x = torch.stack([data.to_tensor(data.read_rgb(s.path), model.image_size) for s in samples])
     if args.run_dir:
         y = torch.tensor([s.label for s in samples])
