@@ -14,12 +14,18 @@ from .runtime import atomic_write_bytes, atomic_write_json  # noqa: E402
 
 
 def plot_training_curves(history: list[dict], path: Path) -> None:
-    """Accuracy and loss per epoch, train vs valid."""
+    """Accuracy and loss per epoch, train vs valid (plus the robust metrics when the run records them).
+
+    Under adversarial training, the train curves are measured on the adversarial training examples.
+    """
     epochs = [h["epoch"] for h in history]
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
     for split in ("train", "valid"):
         ax_acc.plot(epochs, [100 * h[f"{split}_accuracy"] for h in history], marker="o", label=split)
         ax_loss.plot(epochs, [h[f"{split}_loss"] for h in history], marker="o", label=split)
+    for key, label in (("valid_robust_accuracy", "valid, PGD"), ("train_pgd_accuracy", "train batch, PGD")):
+        if key in history[-1]:
+            ax_acc.plot(epochs, [100 * h.get(key, float("nan")) for h in history], marker="s", label=label)
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
     for ax in (ax_acc, ax_loss):
