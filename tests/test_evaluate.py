@@ -173,6 +173,19 @@ def test_zero_gradients_and_masking_are_flagged(setup: tuple[nn.Module, Tensor, 
     assert "zero gradients" in flags
     assert "possible gradient masking" in flags  # square fools what the blinded gradient attacks cannot
     assert all(r["fooled"] == 0 for r in report["results"] if r["attack"] != "square")
+    # with no white-box attack to compare against, a black-box success says nothing about masking
+    alone = _run(
+        Quantised(net),
+        x,
+        y,
+        eps=(4 / 255,),
+        attacks=("square",),
+        square_queries=100,
+        corruptions=(),
+        noise_std=(),
+    )
+    assert alone["ensemble"][0]["robust_accuracy"] < alone["clean_accuracy"]
+    assert "possible gradient masking" not in {f["flag"] for f in alone["flags"]}
 
 
 def test_report_files(cascade: dict, setup: tuple[nn.Module, Tensor, Tensor], tmp_path: Path) -> None:

@@ -319,8 +319,9 @@ def _final_flags(tally: _Tally, cfg: EvalConfig, plan: Sequence[str]) -> list[di
                 }
             )
     limit = max(1, 0.02 * tally.n)
+    compared = any(a in BLACK_BOX for a in plan) and any(a not in BLACK_BOX for a in plan)
     for e in eps:
-        if any(a in BLACK_BOX for a in plan) and tally.black_box_only[e] > limit:
+        if compared and tally.black_box_only[e] > limit:
             flags.append(
                 {
                     "flag": "possible gradient masking",
