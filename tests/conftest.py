@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,18 @@ def make_kaggle(make_image: MakeImage) -> MakeKaggle:
         return root
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """For modules of tiny tensors: a second intra-op thread only adds overhead (10x slower on a busy 2-core
+    machine, where each op waits for the descheduled thread). Use: pytestmark = usefixtures("one_thread")."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 REPO = Path(__file__).resolve().parents[1]
