@@ -162,3 +162,13 @@ def test_empty_class_folder_is_a_clear_error(tiny_data: Path, tmp_path: Path, ca
     assert main(["train", str(root), "--out", str(tmp_path / "run"), *TINY]) == 2
     assert "EMPTY BIRD" in capsys.readouterr().err
     assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_resume_with_another_model_is_a_clear_error(tiny_run: Path, tiny_data: Path, tmp_path: Path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    args = ["train", str(tiny_data), "--out", str(run), *TINY, "--arch", "resnet10t", "--probe-epochs", "0"]
+    assert main([*args, "--resume"]) == 2  # the last --arch wins
+    assert "cannot resume" in capsys.readouterr().err

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Subset
 from . import data
 from .augment import AugmentConfig, augment
 from .defenses.adversarial import AdvConfig, adversarial_loss, robust_accuracy
-from .models import DEFAULT_ARCH, Classifier, create_model, save_checkpoint
+from .models import DEFAULT_ARCH, CheckpointError, Classifier, create_model, save_checkpoint
 from .report import plot_training_curves
 from .runtime import atomic_write_bytes, pick_device, progress, tune_cpu_allocator
 
@@ -375,7 +375,13 @@ def train(cfg: TrainConfig) -> dict:
     # A probed head is already good: fine-tune it at the backbone's gentle rate, or it drags the features.
     opt = _optimizer(model, cfg, head_lr=cfg.backbone_lr if cached_probe else cfg.lr)
     if resuming:
-        state = _load_resume(resume_path, model, opt)
+        try:
+            state = _load_resume(resume_path, model, opt)
+        except (RuntimeError, ValueError, KeyError) as e:  # another model, class set or optimiser
+            raise CheckpointError(
+                f"{resume_path}: cannot resume it with these options ({str(e)[:200]}); "
+                "resume with the run's original options, or train into a new --out"
+            ) from e
         log(f"resumed from {resume_path} after epoch {state['epoch']}")
     elif cfg.resume:
         log(f"--resume: no {resume_path} yet, starting from scratch")
