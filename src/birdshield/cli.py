@@ -133,6 +133,7 @@ def _add_robust_training(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--adv",
+        dest="adv_method",
         choices=METHODS,
         default=adv.method,
         help="adversarial training: pgd (Madry), "
@@ -165,60 +166,26 @@ def _add_robust_training(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _from_args(cls: type, args: argparse.Namespace, prefix: str = "", **given: object) -> object:
+    """Build a config dataclass from the parsed options of the same names (`prefix` + name first)."""
+    import dataclasses
+
+    values = dict(given)
+    for f in dataclasses.fields(cls):
+        for dest in (prefix + f.name, f.name):
+            if f.name not in values and hasattr(args, dest):
+                values[f.name] = getattr(args, dest)
+    return cls(**values)
+
+
 def _train(args: argparse.Namespace) -> int:
     from .augment import AugmentConfig
     from .defenses.adversarial import AdvConfig
     from .train import TrainConfig, train
 
-    aug = AugmentConfig(
-        hflip=args.hflip,
-        rotate=args.rotate,
-        shift=args.shift,
-        shear=args.shear,
-        zoom=args.zoom,
-        noise_max=args.noise_max,
-        noise_sigma=args.noise_sigma,
-    )
-    adv = AdvConfig(
-        method=args.adv,
-        eps=args.adv_eps,
-        steps=args.adv_steps,
-        step_size=args.adv_step_size,
-        warmup_epochs=args.adv_warmup_epochs,
-        clean_weight=args.clean_weight,
-        trades_beta=args.trades_beta,
-        select=args.select,
-    )
-    cfg = TrainConfig(
-        data=args.data,
-        out=args.out,
-        arch=args.arch,
-        weights=None if args.weights == "none" else args.weights,
-        image_size=args.image_size,
-        depth=args.depth,
-        probe_epochs=args.probe_epochs,
-        epochs=args.epochs,
-        patience=args.patience,
-        batch_size=args.batch_size,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        backbone_lr=args.backbone_lr,
-        momentum=args.momentum,
-        nesterov=args.nesterov,
-        weight_decay=args.weight_decay,
-        warmup_epochs=args.warmup_epochs,
-        label_smoothing=args.label_smoothing,
-        augment=aug,
-        adv=adv,
-        seed=args.seed,
-        device=args.device,
-        amp=args.amp,
-        channels_last=args.channels_last,
-        workers=args.workers,
-        strict=args.strict,
-        resume=args.resume,
-    )
-    train(cfg)
+    weights = None if args.weights == "none" else args.weights
+    aug, adv = _from_args(AugmentConfig, args), _from_args(AdvConfig, args, prefix="adv_")
+    train(_from_args(TrainConfig, args, weights=weights, augment=aug, adv=adv))
     return 0
 
 

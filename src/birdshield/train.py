@@ -495,7 +495,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         "full fine-tune, robust selection",
         {
             "image_size": 160,
-            "adv": "pgd",
+            "adv_method": "pgd",
             "adv_eps": 4 / 255,
             "adv_steps": 3,
             "adv_warmup_epochs": 2,
