@@ -18,6 +18,7 @@ from birdshield import data
 from birdshield.cli import main
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+CLI = [sys.executable, "-m", "birdshield.cli"]
 
 
 def _history(run: Path) -> list[dict]:
@@ -81,9 +82,7 @@ def test_run_killed_mid_epoch_resumes(tiny_data: Path, tmp_path: Path):
     --resume continues from the last finished epoch and ends exactly like an uninterrupted run.
     """
     cmd = [
-        sys.executable,
-        "-m",
-        "birdshield.cli",
+        *CLI,
         "train",
         str(tiny_data),
         "--out",

@@ -15,7 +15,7 @@ import os
 import random
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +41,7 @@ __all__ = [
     "discover",
     "format_check",
     "list_images",
+    "read_batches",
     "read_rgb",
     "stratified_subset",
     "to_tensor",
@@ -524,6 +525,22 @@ def stratified_subset(samples: Sequence[Sample], n: int | None, seed: int = 0) -
     longest = max(map(len, queues))
     order = [q[i] for i in range(longest) for q in queues if i < len(q)]
     return sorted(order[:n], key=lambda s: s.path)
+
+
+def read_batches(
+    paths: Sequence[Path], size: int, batch_size: int
+) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[Path, str]]]]:
+    """Decode `paths` a batch at a time: (indices of the readable ones, their tensors or None, [(bad path,
+    reason)]). Unreadable files are reported, never raised, so a long job goes on."""
+    for start in range(0, len(paths), batch_size):
+        good, tensors, bad = [], [], []
+        for i in range(start, min(start + batch_size, len(paths))):
+            try:
+                tensors.append(to_tensor(read_rgb(paths[i]), size))
+                good.append(i)
+            except BadImageError as e:
+                bad.append((paths[i], e.reason))
+        yield good, (torch.stack(tensors) if tensors else None), bad
 
 
 # --------------------------------------------------------------------------------------------- torch access

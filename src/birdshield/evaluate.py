@@ -514,16 +514,10 @@ def samples_for_model(dataset: data.Dataset, split: str, class_names: Sequence[s
 def _load_chunks(
     samples: Sequence[data.Sample], size: int, batch_size: int, bad: list[dict[str, str]]
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    for start in range(0, len(samples), batch_size):
-        xs, ys = [], []
-        for s in samples[start : start + batch_size]:
-            try:
-                xs.append(data.to_tensor(data.read_rgb(s.path), size))
-                ys.append(s.label)
-            except data.BadImageError as e:
-                bad.append({"path": str(s.path), "error": e.reason})
-        if xs:
-            yield torch.stack(xs), torch.tensor(ys)
+    for good, x, unreadable in data.read_batches([s.path for s in samples], size, batch_size):
+        bad += [{"path": str(path), "error": reason} for path, reason in unreadable]
+        if x is not None:
+            yield x, torch.tensor([samples[i].label for i in good])
 
 
 def evaluate_samples(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -34,21 +34,6 @@ def imagenet_birds_model() -> Classifier:
     return model.eval()
 
 
-def _batches(
-    paths: Sequence[Path], size: int, batch_size: int
-) -> Iterator[tuple[list[Path], torch.Tensor | None, list]]:
-    """Yield (good paths, their tensors, [(bad path, reason)]) a batch at a time."""
-    for start in range(0, len(paths), batch_size):
-        good, tensors, bad = [], [], []
-        for path in paths[start : start + batch_size]:
-            try:
-                tensors.append(data.to_tensor(data.read_rgb(path), size))
-                good.append(path)
-            except data.BadImageError as e:
-                bad.append((path, e.reason))
-        yield good, (torch.stack(tensors) if tensors else None), bad
-
-
 @torch.inference_mode()
 def predict(
     model: Classifier,
@@ -68,7 +53,9 @@ def predict(
     k = min(top_k, len(model.class_names))
     rows: dict[Path, dict] = {}
     for good, x, bad in progress(
-        _batches(paths, model.image_size, batch_size), desc="predict", total=-(-len(paths) // batch_size)
+        data.read_batches(paths, model.image_size, batch_size),
+        desc="predict",
+        total=-(-len(paths) // batch_size),
     ):
         for path, reason in bad:
             rows[path] = {"image": str(path), "top": [], "error": reason}
@@ -79,7 +66,8 @@ def predict(
             x = defense(x)
         probs = model(x).float().softmax(1)
         conf, idx = probs.topk(k, dim=1)
-        for path, c, i in zip(good, conf.tolist(), idx.tolist(), strict=True):
+        for n, c, i in zip(good, conf.tolist(), idx.tolist(), strict=True):
+            path = paths[n]
             top = [(model.class_names[j], p) for j, p in zip(i, c, strict=True)]
             rows[path] = {"image": str(path), "top": top, "error": ""}
     return [rows[p] for p in paths]

@@ -110,15 +110,12 @@ class MedianFilter(InputTransform):
         return f"kernel={self.kernel}, bpda={self.bpda}"
 
 
-class Defended(nn.Module):
-    """`model(transform(x))`, usable wherever a model is: predict, evaluate, every attack (BPDA built in)."""
+class _ModelWrapper(nn.Module):
+    """Wraps a birdshield model and passes on what predict/evaluate read from it."""
 
-    def __init__(self, model: nn.Module, transform: nn.Module) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model, self.transform = model, transform
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(self.transform(x))
+        self.model = model
 
     @property
     def class_names(self) -> list[str]:
@@ -127,32 +124,35 @@ class Defended(nn.Module):
     @property
     def image_size(self) -> int:
         return self.model.image_size
+
+
+class Defended(_ModelWrapper):
+    """`model(transform(x))`, usable wherever a model is: predict, evaluate, every attack (BPDA built in)."""
+
+    def __init__(self, model: nn.Module, transform: nn.Module) -> None:
+        super().__init__(model)
+        self.transform = transform
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(self.transform(x))
 
     @property
     def meta(self) -> dict:
         return {**self.model.meta, "defense": repr(self.transform)}
 
 
-class EOT(nn.Module):
+class EOT(_ModelWrapper):
     """Expectation over Transformation: logits averaged over `samples` forwards of a randomised model, so a
     gradient attack follows the expected loss rather than one random draw."""
 
     def __init__(self, model: nn.Module, samples: int = 8) -> None:
-        super().__init__()
+        super().__init__(model)
         if samples < 1:
             raise ValueError(f"EOT needs samples >= 1, got {samples}")
-        self.model, self.samples = model, int(samples)
+        self.samples = int(samples)
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.stack([self.model(x) for _ in range(self.samples)]).mean(0)
-
-    @property
-    def class_names(self) -> list[str]:
-        return self.model.class_names
-
-    @property
-    def image_size(self) -> int:
-        return self.model.image_size
 
 
 TRANSFORMS: dict[str, type[InputTransform]] = {"jpeg": JPEG, "bits": BitDepth, "median": MedianFilter}
