@@ -252,3 +252,29 @@ def test_bpda_attack_beats_the_masked_gradient(tiny_run: Path, tiny_data: Path) 
     with torch.no_grad():
         clean = (Defended(model, JPEG(75))(x).argmax(1) == y).float().mean().item()
     assert accuracy[True] < accuracy[False] <= clean, accuracy
+
+
+def test_evaluate_cli_attacks_through_the_defense(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    """A median filter of size 1 is the identity, so its report equals the undefended one; a real
+    transform is recorded and attacked through (BPDA: gradients are not zero, robust <= clean)."""
+    argv = ["evaluate", str(tiny_run), str(tiny_data), "--attacks", "fgsm,pgd", "--eps", "2/255,8/255"]
+    argv += ["--steps", "3", "--corruptions", "none", "--noise-std", "0.1"]
+
+    def report(name: str, *defense: str) -> dict:
+        assert main([*argv, "--out", str(tmp_path / name), *defense]) == 0
+        return json.loads((tmp_path / name / "report.json").read_text())
+
+    def numbers(r: dict) -> list:
+        return [r["clean_accuracy"], r["ensemble"], r["corruptions"], r["flags"]]
+
+    plain, identity = report("plain"), report("identity", "--defense", "median", "--defense-param", "1")
+    assert numbers(identity) == numbers(plain) and plain["model"]["defense"] is None
+    assert identity["model"]["defense"] == "MedianFilter(kernel=1, bpda=True)"
+    squeezed = report("bits", "--defense", "bits", "--defense-param", "3")
+    assert squeezed["model"]["defense"] == "BitDepth(bits=3, bpda=True)"
+    assert "BitDepth(bits=3" in (tmp_path / "bits" / "report.md").read_text()
+    assert not [f for f in squeezed["flags"] if "gradient" in f["flag"]]
+    robust = [e["robust_accuracy"] for e in squeezed["ensemble"]]
+    assert squeezed["clean_accuracy"] >= robust[0] >= robust[1]
+    with pytest.raises(SystemExit):  # smoothing is certify's job
+        main([*argv, "--out", str(tmp_path / "x"), "--defense", "smoothing"])

@@ -220,27 +220,34 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_predict)
 
 
-def _add_defense_options(p: argparse.ArgumentParser) -> None:
+TRANSFORM_HELP = "jpeg: JPEG re-compression; bits: bit-depth reduction; median: median filter"
+
+
+def _add_defense_choice(g: argparse._ArgumentGroup, names: list[str], help: str) -> None:
     from .defenses.transforms import DEFENSE_PARAMS
 
-    g = p.add_argument_group("defence (input transforms are applied before the model)")
-    g.add_argument(
-        "--defense",
-        choices=["none", *DEFENSE_PARAMS],
-        default="none",
-        help="jpeg: JPEG re-compression; bits: bit-depth reduction; median: median filter; smoothing: "
-        "randomized smoothing, a vote over --n noisy copies (confidence = vote share) that answers "
-        "species ABSTAIN, with no confidence, when the vote is not significant at --alpha (the next "
-        "columns then rank the classes by votes)",
-    )
+    g.add_argument("--defense", choices=["none", *names], default="none", help=help)
     g.add_argument(
         "--defense-param",
-        "--sigma",
+        *(["--sigma"] if "smoothing" in names else []),
         type=float,
         default=None,
         metavar="X",
         help="the defence's parameter (default): "
-        + ", ".join(f"{name} {param} ({value})" for name, (param, value) in DEFENSE_PARAMS.items()),
+        + ", ".join(f"{name} {DEFENSE_PARAMS[name][0]} ({DEFENSE_PARAMS[name][1]})" for name in names),
+    )
+
+
+def _add_defense_options(p: argparse.ArgumentParser) -> None:
+    from .defenses.transforms import DEFENSE_PARAMS
+
+    g = p.add_argument_group("defence (input transforms are applied before the model)")
+    _add_defense_choice(
+        g,
+        list(DEFENSE_PARAMS),
+        TRANSFORM_HELP + "; smoothing: randomized smoothing, a vote over --n noisy copies (confidence = "
+        "vote share) that answers species ABSTAIN, with no confidence, when the vote is not significant "
+        "at --alpha (the next columns then rank the classes by votes)",
     )
     g.add_argument("--n", type=int, default=100, help="smoothing: noise samples per image")
     g.add_argument("--alpha", type=float, default=0.001, help="smoothing: significance level of a vote")
@@ -393,6 +400,16 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, help="seed of the subset, attacks and noise (default 0)")
     g.add_argument("--batch-size", type=int, help="images per chunk (default 32)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    from .defenses.transforms import TRANSFORMS
+
+    g = p.add_argument_group("defence (an input transform before the model, attacked through it)")
+    _add_defense_choice(
+        g,
+        list(TRANSFORMS),
+        TRANSFORM_HELP + ". Every attack sees the transformed model, with the transform's gradient "
+        "replaced by the identity (BPDA), so the numbers show what the transform really buys. Randomized "
+        "smoothing is measured by `certify` instead",
+    )
     p.set_defaults(handler=_evaluate)
 
 
@@ -450,6 +467,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 2
     device = pick_device(args.device)
     model = _prepared_model(args.run_dir, device)
+    if args.defense != "none":
+        from .defenses import Defended, make_transform
+
+        try:
+            model = Defended(model, make_transform(args.defense, args.defense_param))
+        except ValueError as e:
+            print(f"birdshield evaluate: error: {e}", file=sys.stderr)
+            return 2
     if args.surrogate:
         overrides["surrogate"] = _prepared_model(args.surrogate, device)
     cfg = dataclasses.replace(PRESETS[args.eval_preset], **overrides)

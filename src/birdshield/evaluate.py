@@ -8,7 +8,8 @@ white-box attack missed: the gradient-masking check below relies on this order.
 
 Report schema (``evaluate`` returns it; ``report.write_report`` stores it as ``report.json``)::
 
-    model:          {run_dir, arch, classes}        run_dir is filled in by the caller (None otherwise)
+    model:          {run_dir, arch, classes, defense}: run_dir is filled in by the caller; defense is
+                    the input transform attacked through with BPDA (``Defended``), or None
     split:          dataset split name or None
     n:              images evaluated (readable ones)
     clean_accuracy: fraction of the n images classified correctly
@@ -429,7 +430,12 @@ def _report(
         for s in _corruption_specs(cfg)
     ]
     return {
-        "model": {"run_dir": None, "arch": meta.get("arch"), "classes": len(classes) if classes else None},
+        "model": {
+            "run_dir": None,
+            "arch": meta.get("arch"),
+            "classes": len(classes) if classes else None,
+            "defense": meta.get("defense"),
+        },
         "split": None,
         "n": n,
         "clean_accuracy": tally.clean / n,

@@ -87,6 +87,8 @@ def format_summary(report: dict[str, Any]) -> str:
     """The few lines printed after an evaluation: clean, robust table, noise at the explicit stds, flags."""
     norm = report["ensemble"][0]["norm"] if report["ensemble"] else ""
     lines = [f"clean accuracy: {_pct(report['clean_accuracy'])} of {report['n']} images", ""]
+    if report["model"].get("defense"):
+        lines = [f"defence: {report['model']['defense']} (attacked through it with BPDA)", *lines]
     if report["results"]:
         lines += [f"robust accuracy ({norm}); {_mode_note(report)}", *robustness_table(report), ""]
     noise = [c for c in report["corruptions"] if c["std"] is not None]
@@ -102,6 +104,7 @@ def report_markdown(report: dict[str, Any], plots: list[str]) -> str:
         "# Robustness report",
         "",
         f"- model: `{m['run_dir']}` ({m['arch']}, {m['classes']} classes), trained against: {trained_s}",
+        *([f"- defence: `{m['defense']}`, attacked through it (BPDA)"] if m.get("defense") else []),
         f"- data: split `{report['split']}`, {report['n']} images"
         + (f" ({len(report['bad_images'])} unreadable, left out)" if report.get("bad_images") else ""),
         f"- attacks ({cfg['norm']}): {_attacks_text(report)}; seed {cfg['seed']}; "
