@@ -223,10 +223,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 TRANSFORM_HELP = "jpeg: JPEG re-compression; bits: bit-depth reduction; median: median filter"
 
 
-def _add_defense_choice(g: argparse._ArgumentGroup, names: list[str], help: str) -> None:
+def _add_defense_choice(g: argparse._ArgumentGroup, names: list[str], what: str) -> None:
     from .defenses.transforms import DEFENSE_PARAMS
 
-    g.add_argument("--defense", choices=["none", *names], default="none", help=help)
+    g.add_argument("--defense", choices=["none", *names], default="none", help=what)
     g.add_argument(
         "--defense-param",
         *(["--sigma"] if "smoothing" in names else []),
