@@ -350,6 +350,8 @@ def _prepared_model(run_dir: str, device: object) -> object:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    from .defenses.transforms import TRANSFORMS
+
     p = sub.add_parser(
         "evaluate",
         help="clean, corruption and worst-case adversarial accuracy; write a report folder",
@@ -400,8 +402,6 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, help="seed of the subset, attacks and noise (default 0)")
     g.add_argument("--batch-size", type=int, help="images per chunk (default 32)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    from .defenses.transforms import TRANSFORMS
-
     g = p.add_argument_group("defence (an input transform before the model, attacked through it)")
     _add_defense_choice(
         g,
