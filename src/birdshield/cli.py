@@ -260,13 +260,11 @@ def _defended_predict(model: object, paths: list[Path], args: argparse.Namespace
     from .defenses.smoothing import predict_rows
     from .predict import predict
 
-    if args.defense == "none":
-        return predict(model, paths, top_k=args.top_k, batch_size=args.batch_size)
-    param = DEFENSE_PARAMS[args.defense][1] if args.defense_param is None else args.defense_param
     if args.defense == "smoothing":
-        smoothed = Smoothed(model, param, batch_size=max(args.batch_size, 100))
+        sigma = DEFENSE_PARAMS["smoothing"][1] if args.defense_param is None else args.defense_param
+        smoothed = Smoothed(model, sigma, batch_size=max(args.batch_size, 100))
         return predict_rows(smoothed, paths, n=args.n, alpha=args.alpha, top_k=args.top_k, seed=args.seed)
-    defense = make_transform(args.defense, param)
+    defense = None if args.defense == "none" else make_transform(args.defense, args.defense_param)
     return predict(model, paths, top_k=args.top_k, batch_size=args.batch_size, defense=defense)
 
 
@@ -455,26 +453,22 @@ def _evaluate(args: argparse.Namespace) -> int:
     import dataclasses
 
     from . import data
+    from .defenses import Defended, make_transform
     from .evaluate import PRESETS, evaluate_samples, samples_for_model
     from .report import format_summary, write_report
     from .runtime import pick_device, progress, tune_cpu_allocator
 
     tune_cpu_allocator()  # 2-3x faster CPU forward/backward; must come before the big allocations
-    try:
+    try:  # every option is checked before the model is loaded
         overrides = _eval_overrides(args)
+        transform = None if args.defense == "none" else make_transform(args.defense, args.defense_param)
     except ValueError as e:
         print(f"birdshield evaluate: error: {e}", file=sys.stderr)
         return 2
     device = pick_device(args.device)
     model = _prepared_model(args.run_dir, device)
-    if args.defense != "none":
-        from .defenses import Defended, make_transform
-
-        try:
-            model = Defended(model, make_transform(args.defense, args.defense_param))
-        except ValueError as e:
-            print(f"birdshield evaluate: error: {e}", file=sys.stderr)
-            return 2
+    if transform is not None:
+        model = Defended(model, transform)
     if args.surrogate:
         overrides["surrogate"] = _prepared_model(args.surrogate, device)
     cfg = dataclasses.replace(PRESETS[args.eval_preset], **overrides)

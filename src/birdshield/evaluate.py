@@ -50,7 +50,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from . import data
-from .attacks import CORRUPTIONS, corrupt, get_attack
+from .attacks import CORRUPTIONS, corrupt, format_eps, get_attack
 from .attacks.base import margin_loss
 from .runtime import atomic_write_bytes, progress
 
@@ -235,7 +235,7 @@ def _ensemble_at(
     fooled_wb, fooled_bb = torch.zeros_like(correct), torch.zeros_like(correct)
     worst = x.clone()
     for name in plan:
-        on_stage(f"{name} eps={_fmt_eps(eps)}")
+        on_stage(f"{name} eps={format_eps(eps)}")
         rows = (correct if cfg.independent else alive).nonzero().squeeze(1)
         fooled, rec, t0 = torch.zeros_like(correct), tally.attacks[(eps, name)], time.perf_counter()
         if rows.numel():
@@ -315,8 +315,8 @@ def _final_flags(tally: _Tally, cfg: EvalConfig, plan: Sequence[str]) -> list[di
             flags.append(
                 {
                     "flag": "robust accuracy rises with eps",
-                    "detail": f"ensemble {tally.ensemble[lo]}/{tally.n} at {_fmt_eps(lo)} but "
-                    f"{tally.ensemble[hi]}/{tally.n} at {_fmt_eps(hi)}: attacks are not converging",
+                    "detail": f"ensemble {tally.ensemble[lo]}/{tally.n} at {format_eps(lo)} but "
+                    f"{tally.ensemble[hi]}/{tally.n} at {format_eps(hi)}: attacks are not converging",
                 }
             )
     limit = max(1, 0.02 * tally.n)
@@ -326,7 +326,7 @@ def _final_flags(tally: _Tally, cfg: EvalConfig, plan: Sequence[str]) -> list[di
             flags.append(
                 {
                     "flag": "possible gradient masking",
-                    "detail": f"at {_fmt_eps(e)} black-box attacks fooled {tally.black_box_only[e]} images "
+                    "detail": f"at {format_eps(e)} black-box attacks fooled {tally.black_box_only[e]} images "
                     "that every white-box attack missed",
                 }
             )
@@ -338,18 +338,13 @@ def _final_flags(tally: _Tally, cfg: EvalConfig, plan: Sequence[str]) -> list[di
             flags.append(
                 {
                     "flag": "perturbation outside the eps-ball",
-                    "detail": f"{name} at {_fmt_eps(e)}: {rec.outside_ball} images beyond {cfg.norm} eps",
+                    "detail": f"{name} at {format_eps(e)}: {rec.outside_ball} images beyond {cfg.norm} eps",
                 }
             )
     return flags
 
 
 # ------------------------------------------------------------------------------------------------ driver
-
-
-def _fmt_eps(eps: float) -> str:
-    k = eps * 255
-    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:.4g}"
 
 
 def trained_against(meta: dict[str, Any]) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .attacks.base import format_eps  # noqa: E402
 from .runtime import atomic_write_bytes, atomic_write_json  # noqa: E402
 
 
@@ -40,12 +41,6 @@ def plot_training_curves(history: list[dict], path: Path) -> None:
 # ------------------------------------------------------------------------------------------- robustness
 
 
-def fmt_eps(eps: float) -> str:
-    """4/255 rather than 0.01569: eps in grey levels is what people compare."""
-    k = eps * 255
-    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:.4g}"
-
-
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
@@ -65,7 +60,7 @@ def robustness_table(report: dict[str, Any]) -> list[str]:
     rows.append(
         ["**ensemble (worst case)**"] + [f"**{_pct(e['robust_accuracy'])}**" for e in report["ensemble"]]
     )
-    return _table(["attack"] + [fmt_eps(e) for e in eps], rows)
+    return _table(["attack"] + [format_eps(e) for e in eps], rows)
 
 
 def _flag_lines(report: dict[str, Any]) -> list[str]:
@@ -148,13 +143,13 @@ def _trained_text(trained: dict[str, Any] | None) -> str:
     adv = trained.get("adversarial") or {}
     parts = [f"{k} {v:g}" for k, v in trained.items() if k.startswith("noise") and v]
     if adv.get("method", "none") != "none":
-        parts.insert(0, ", ".join(f"{k} {fmt_eps(v) if k == 'eps' else v}" for k, v in adv.items()))
+        parts.insert(0, ", ".join(f"{k} {format_eps(v) if k == 'eps' else v}" for k, v in adv.items()))
     return "; ".join(parts) or "nothing (standard training)"
 
 
 def _detail_table(report: dict[str, Any]) -> list[str]:
     rows = [
-        [r["attack"], fmt_eps(r["eps"]), str(r["n_attacked"]), str(r["fooled"]), f"{r['seconds']:.1f}"]
+        [r["attack"], format_eps(r["eps"]), str(r["n_attacked"]), str(r["fooled"]), f"{r['seconds']:.1f}"]
         for r in report["results"]
     ]
     return _table(["attack", "eps", "images attacked", "newly fooled", "seconds"], rows)
@@ -192,7 +187,7 @@ def plot_examples(examples: list[dict[str, Any]], path: Path) -> None:
         images = [ex["x"], delta / (2 * scale) + 0.5, ex["x_adv"]]
         titles = [
             f"{ex['clean'][0]} ({_pct(ex['clean'][1])})\ntrue: {ex['label']}",
-            f"perturbation x{0.5 / scale:.0f}\neps {fmt_eps(ex['eps'])}",
+            f"perturbation x{0.5 / scale:.0f}\neps {format_eps(ex['eps'])}",
             f"{ex['adv'][0]} ({_pct(ex['adv'][1])})\nadversarial"
             + ("" if ex["adv"][0] != ex["label"] else " (not fooled)"),
         ]

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from torch import Tensor
 
 from .apgd import apgd, apgd_t
-from .base import dlr_loss, margin_loss, parse_eps, project
+from .base import dlr_loss, format_eps, margin_loss, parse_eps, project
 from .corruptions import CORRUPTIONS, corrupt
 from .cw import cw_l2
 from .fgsm import fgsm
@@ -51,6 +51,7 @@ __all__ = [
     "cw_l2",
     "dlr_loss",
     "fgsm",
+    "format_eps",
     "get_attack",
     "margin_loss",
     "mifgsm",

@@ -145,6 +145,12 @@ def parse_eps(s: str | float) -> float:
     return value
 
 
+def format_eps(eps: float) -> str:
+    """`parse_eps` reversed, for display: 4/255 rather than 0.01569 (grey levels are what people compare)."""
+    k = eps * 255
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:.4g}"
+
+
 # ----------------------------------------------------------------------------- gradients and bookkeeping
 
 
