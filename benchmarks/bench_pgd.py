@@ -53,7 +53,7 @@ def prepare(args: argparse.Namespace, path: Path) -> None:
     import torch
 
     from birdshield import data
-    from birdshield.evaluate import samples_for_model
+    from birdshield.data import samples_for_model
     from birdshield.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()  # only this untimed preparation process

@@ -18,6 +18,7 @@ from PIL import Image, ImageEnhance
 
 from birdshield import data
 from birdshield.data import BadImageError, DataError, Sample
+from birdshield.data.check import _near_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BIRDSHIELD_SHARED", REPO.parent / "shared"))
@@ -401,8 +402,6 @@ def test_near_pair_search_matches_brute_force() -> None:
     flips = np.uint64(1) << rng.integers(0, 64, (300, 3)).astype(np.uint64)
     hashes = np.concatenate([base, base[:100] ^ flips[:100, 0] ^ flips[:100, 1], rng.permutation(base)[:50]])
     groups = rng.integers(0, 3, len(hashes))
-    from birdshield.data.layouts import _near_pairs
-
     found = {(a, b) for a, b, _ in _near_pairs(hashes, groups, 4)}
     expected = {
         (min(i, j), max(i, j)) if groups[min(i, j)] < groups[max(i, j)] else (max(i, j), min(i, j))

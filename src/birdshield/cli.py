@@ -453,8 +453,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     import dataclasses
 
     from . import data
+    from .data import samples_for_model
     from .defenses import Defended, make_transform
-    from .evaluate import PRESETS, evaluate_samples, samples_for_model
+    from .evaluate import PRESETS, evaluate_samples
     from .report import format_summary, write_report
     from .runtime import pick_device, progress, tune_cpu_allocator
 
@@ -595,9 +596,8 @@ def _add_certify(sub: argparse._SubParsersAction) -> None:
 
 def _certify(args: argparse.Namespace) -> int:
     from . import data
-    from .data import stratified_subset
+    from .data import samples_for_model, stratified_subset
     from .defenses.smoothing import certify_dataset, write_report
-    from .evaluate import samples_for_model
     from .runtime import pick_device, tune_cpu_allocator
 
     tune_cpu_allocator()

@@ -496,22 +496,6 @@ def evaluate(
 # ------------------------------------------------------------------------------------------------ samples
 
 
-def samples_for_model(dataset: data.Dataset, split: str, class_names: Sequence[str]) -> list[data.Sample]:
-    """The split's samples relabelled to the model's class indices (by name); other classes are dropped."""
-    samples = dataset.splits.get(split) or []
-    if not samples:
-        raise data.DataError(f"{dataset.root}: split {split!r} is empty or missing")
-    index = {name: i for i, name in enumerate(class_names)}
-    mapped = [
-        data.Sample(s.path, index[dataset.class_names[s.label]])
-        for s in samples
-        if dataset.class_names[s.label] in index
-    ]
-    if not mapped:
-        raise data.DataError(f"{dataset.root}: none of the {split} classes is one of the model's classes")
-    return mapped
-
-
 def _load_chunks(
     samples: Sequence[data.Sample], size: int, batch_size: int, bad: list[dict[str, str]]
 ) -> Iterator[tuple[Tensor, Tensor]]:
@@ -682,6 +666,5 @@ __all__ = [
     "evaluate",
     "evaluate_samples",
     "output_names",
-    "samples_for_model",
     "trained_against",
 ]

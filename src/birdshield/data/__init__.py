@@ -1,6 +1,42 @@
-"""Datasets on disk, as a package (being split out of the former data.py, now layouts.py)."""
+"""Datasets on disk and the images in them; every name other code uses is re-exported here.
+
+images: safe decoding, RGB, [0, 1] tensors. layouts: Kaggle / CUB / folders layouts, splits, samples.
+loading: torch datasets and streamed batches. check: the `data check` health report.
+"""
 
 from __future__ import annotations
 
-from .layouts import *  # noqa: F403
-from .layouts import __all__ as __all__
+from .check import check, format_check
+from .images import IMAGE_EXTENSIONS, MAX_PIXELS, BadImageError, read_rgb, to_tensor
+from .layouts import (
+    SPLITS,
+    DataError,
+    Dataset,
+    Sample,
+    discover,
+    list_images,
+    samples_for_model,
+    stratified_subset,
+)
+from .loading import ImageDataset, collate_skip_bad, read_batches
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MAX_PIXELS",
+    "SPLITS",
+    "BadImageError",
+    "DataError",
+    "Dataset",
+    "ImageDataset",
+    "Sample",
+    "check",
+    "collate_skip_bad",
+    "discover",
+    "format_check",
+    "list_images",
+    "read_batches",
+    "read_rgb",
+    "samples_for_model",
+    "stratified_subset",
+    "to_tensor",
+]

@@ -1,66 +1,39 @@
-"""Datasets on disk: layout discovery, robust image decoding, tensors, and dataset health checks.
+"""Dataset layouts on disk, their splits, and the samples they yield.
 
 Three layouts are understood (see `discover`): Kaggle "BIRDS 525 species" split folders, CUB-200-2011, and a
-plain folder-per-class tree that is split here with a seeded, stratified split.
+plain folder-per-class tree that is split here with a seeded, stratified split. Also here: prediction inputs
+(`list_images`), seeded class-balanced subsets, and relabelling a split to a model's classes.
 """
 
 from __future__ import annotations
 
 import difflib
-import hashlib
-import io
-import logging
 import math
 import os
 import random
-import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
-from torch.utils.data import Dataset as TorchDataset
-from tqdm import tqdm
+from .images import IMAGE_EXTENSIONS
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
-    "MAX_PIXELS",
     "SPLITS",
-    "BadImageError",
     "DataError",
     "Dataset",
-    "ImageDataset",
     "Sample",
-    "check",
-    "collate_skip_bad",
     "discover",
-    "format_check",
     "list_images",
-    "read_batches",
-    "read_rgb",
+    "samples_for_model",
     "stratified_subset",
-    "to_tensor",
 ]
 
-log = logging.getLogger("birdshield")
-
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-)
-MAX_PIXELS: int = 100_000_000
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 
 # Folder names accepted for each split of the Kaggle layout (compared lower-case).
 _SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "validation": "valid", "test": "test"}
 _CUB_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt")
-_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
-_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
-_MAX_NEAR_PAIRS = 10_000  # flat images all hash alike; cap the report instead of listing O(n^2) pairs
 _LAYOUT_HELP = (
     "Accepted layouts:\n"
     "  kaggle:  ROOT/train/<class>/*.jpg plus ROOT/valid/ (or val/, validation/) and/or ROOT/test/ alike\n"
@@ -72,145 +45,6 @@ _LAYOUT_HELP = (
 
 class DataError(ValueError):
     """The dataset on disk has a structure problem; the message names the folder or file and the fix."""
-
-
-class BadImageError(ValueError):
-    """One image file cannot be used; ``str(e) == f"{path}: {reason}"``."""
-
-    def __init__(self, path: str | Path, reason: str | None = None) -> None:
-        if reason is None:
-            # torch re-raises a DataLoader worker error as type(e)(text): keep the type; the text has it all
-            self.path, self.reason = Path(), str(path)
-            super().__init__(str(path))
-            return
-        self.path = Path(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Default exception pickling passes only str(e) back to __init__; DataLoader workers need both fields.
-        return (type(self), (self.path, self.reason) if self.path.parts else (self.reason,))
-
-
-# --------------------------------------------------------------------------------------------------- images
-
-
-def read_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode an image file fully into an RGB image, or raise BadImageError saying why it cannot be used.
-
-    The size limit is checked from the header before any pixel is decoded. Pillow's own, process-global
-    decompression-bomb check still runs first inside ``Image.open``; it is reported as "image too large" too.
-    """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise BadImageError(path, _os_reason(e)) from e
-    with warnings.catch_warnings():
-        # Our own max_pixels check replaces Pillow's warning, which would otherwise escape to the caller.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        return _decode(path, data, max_pixels)
-
-
-def _os_reason(e: OSError) -> str:
-    if isinstance(e, FileNotFoundError):
-        return "file not found"
-    if isinstance(e, IsADirectoryError):
-        return "is a folder, not an image file"
-    if isinstance(e, PermissionError):
-        return "permission denied"
-    return f"cannot read file ({e.strerror or e})"
-
-
-def _decode(path: Path, data: bytes, max_pixels: int) -> Image.Image:
-    """Decode bytes read from `path`. Warning filters are up to the caller (check() decodes in threads)."""
-    if not data:
-        raise BadImageError(path, "empty file (0 bytes)")
-    img = _open_image(path, data, max_pixels)
-    try:
-        img.load()  # decode now so truncated or corrupt data fails here, not later in a DataLoader worker
-    except Image.DecompressionBombError as e:  # some plugins check sizes again while loading
-        raise BadImageError(path, f"image too large: {e}") from e
-    except Exception as e:
-        raise BadImageError(path, f"truncated or corrupt image data ({e})") from e
-    try:
-        img = ImageOps.exif_transpose(img)
-    except Exception as e:  # a broken EXIF block must not make good pixels unusable
-        log.debug("%s: ignoring unreadable EXIF orientation (%s)", path, e)
-    try:
-        return _as_rgb(img)
-    except (ValueError, OSError) as e:
-        raise BadImageError(path, f"unsupported colour mode {img.mode} ({e})") from e
-
-
-def _open_image(path: Path, data: bytes, max_pixels: int) -> Image.Image:
-    try:
-        img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as e:
-        raise BadImageError(path, f"image too large: {e}") from e
-    except UnidentifiedImageError as e:
-        raise BadImageError(path, "not an image file (unknown or unsupported format)") from e
-    except Exception as e:
-        raise BadImageError(path, f"truncated or corrupt image data ({e})") from e
-    width, height = img.size
-    if width < 1 or height < 1:
-        raise BadImageError(path, f"image has no pixels ({width} x {height})")
-    if width * height > max_pixels:
-        raise BadImageError(
-            path, f"image too large: {width} x {height} pixels exceeds the limit of {max_pixels:,} pixels"
-        )
-    return img
-
-
-def _as_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode to RGB: transparency goes onto white, high bit depths are scaled, not clipped."""
-    if img.mode in _SIXTEEN_BIT or img.mode in ("I", "F"):
-        img = _to_8bit(img)
-    has_alpha = img.mode in _ALPHA_MODES or "transparency" in img.info
-    if not has_alpha:
-        return img if img.mode == "RGB" else img.convert("RGB")
-    rgba = img.convert("RGBA")
-    out = Image.new("RGB", img.size, (255, 255, 255))
-    out.paste(rgba, mask=rgba.getchannel("A"))
-    return out
-
-
-def _to_8bit(img: Image.Image) -> Image.Image:
-    """16-bit, 32-bit integer and float greyscale to 8 bit, by nominal range (else the actual range)."""
-    a = np.asarray(img).astype(np.float64)
-    if img.mode in _SIXTEEN_BIT:
-        a /= 257.0
-    else:
-        finite = a[np.isfinite(a)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-        if img.mode == "F" and lo >= 0.0 and hi <= 1.0:
-            a *= 255.0  # float images are usually 0..1
-        elif lo >= 0.0 and hi <= 65535.0 and hi > 255.0:
-            a /= 257.0  # 16-bit data that Pillow opened as 32-bit "I"
-        elif lo < 0.0 or hi > 255.0:
-            a = (a - lo) * (255.0 / (hi - lo))  # no nominal range: stretch what is there
-    a = np.nan_to_num(a, nan=0.0, posinf=255.0, neginf=0.0)
-    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
-
-
-def to_tensor(img: Image.Image, size: int) -> torch.Tensor:
-    """(3, size, size) float32 in [0, 1]: shorter side resized to `size` (bilinear, antialiased), centred."""
-    if size < 1:
-        raise ValueError(f"size must be a positive number of pixels, got {size}")
-    if img.mode != "RGB":
-        img = _as_rgb(img)
-    width, height = img.size
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    if (new_w, new_h) != (width, height):
-        # Pillow's bilinear filter widens its support when shrinking, i.e. it is antialiased.
-        img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    img = img.crop((left, top, left + size, top + size))
-    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
-
-
-# ------------------------------------------------------------------------------------------------- datasets
 
 
 @dataclass(frozen=True)
@@ -527,274 +361,17 @@ def stratified_subset(samples: Sequence[Sample], n: int | None, seed: int = 0) -
     return sorted(order[:n], key=lambda s: s.path)
 
 
-def read_batches(
-    paths: Sequence[Path], size: int, batch_size: int
-) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[Path, str]]]]:
-    """Decode `paths` a batch at a time: (indices of the readable ones, their tensors or None, [(bad path,
-    reason)]). Unreadable files are reported, never raised, so a long job goes on."""
-    for start in range(0, len(paths), batch_size):
-        good, tensors, bad = [], [], []
-        for i in range(start, min(start + batch_size, len(paths))):
-            try:
-                tensors.append(to_tensor(read_rgb(paths[i]), size))
-                good.append(i)
-            except BadImageError as e:
-                bad.append((paths[i], e.reason))
-        yield good, (torch.stack(tensors) if tensors else None), bad
-
-
-# --------------------------------------------------------------------------------------------- torch access
-
-
-class ImageDataset(TorchDataset):
-    """(image tensor, label) per sample; an unreadable image gives None (see collate_skip_bad) unless strict.
-
-    `transform`, when given, replaces the default ``to_tensor(img, size)`` (e.g. training augmentation).
-    """
-
-    def __init__(
-        self,
-        samples: Sequence[Sample],
-        size: int,
-        strict: bool = False,
-        transform: Callable[[Image.Image], torch.Tensor] | None = None,
-    ) -> None:
-        self.samples = list(samples)
-        self.size = size
-        self.strict = strict
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
-        sample = self.samples[i]
-        try:
-            img = read_rgb(sample.path)
-        except BadImageError as e:
-            if self.strict:
-                raise
-            log.warning("skipping unreadable image %s", e)
-            return None
-        tensor = self.transform(img) if self.transform is not None else to_tensor(img, self.size)
-        return tensor, sample.label
-
-
-def collate_skip_bad(
-    batch: Sequence[tuple[torch.Tensor, int] | None],
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Collate for ImageDataset: drops unreadable (None) items; None when the whole batch was unreadable."""
-    items = [item for item in batch if item is not None]
-    if not items:
-        return None
-    images, labels = zip(*items, strict=True)
-    return torch.stack(images), torch.tensor(labels, dtype=torch.long)
-
-
-# -------------------------------------------------------------------------------------------------- checking
-
-
-@dataclass
-class _Inspected:
-    md5: str | None = None
-    dhash: int | None = None
-    reason: str | None = None  # why the image is unreadable
-
-
-def _dhash(img: Image.Image) -> int:
-    """64-bit difference hash: is each pixel of a 9x8 thumbnail brighter than its right neighbour."""
-    thumb = np.asarray(img.convert("L").resize((9, 8), Image.Resampling.BOX), dtype=np.int16)
-    bits = np.packbits(thumb[:, :-1] > thumb[:, 1:])
-    return int.from_bytes(bits.tobytes(), "big")
-
-
-def _inspect(path: Path) -> _Inspected:
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        return _Inspected(reason=_os_reason(e))
-    try:
-        img = _decode(path, data, MAX_PIXELS)
-    except BadImageError as e:
-        return _Inspected(reason=e.reason)
-    return _Inspected(hashlib.md5(data, usedforsecurity=False).hexdigest(), _dhash(img))
-
-
-def _inspect_all(paths: Sequence[Path]) -> list[_Inspected]:
-    """Decode every image once, in threads (Pillow and hashlib release the GIL); progress bar on a TTY."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on every platform
-        cpus = os.cpu_count() or 1
-    # Warning filters are process-global: set them once here rather than racily inside each thread.
-    with warnings.catch_warnings(), ThreadPoolExecutor(max(1, min(8, cpus))) as pool:
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        results = pool.map(_inspect, paths)
-        return list(tqdm(results, total=len(paths), desc="checking images", unit="img", disable=None))
-
-
-def _popcount(x: np.ndarray) -> np.ndarray:
-    if hasattr(np, "bitwise_count"):  # numpy >= 2
-        return np.bitwise_count(x)
-    table = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
-    return table[x.view(np.uint8).reshape(*x.shape, 8)].sum(axis=-1)
-
-
-def _near_pairs(hashes: np.ndarray, groups: np.ndarray, threshold: int) -> list[tuple[int, int, int]]:
-    """(i, j, distance) with Hamming distance <= threshold between items of different groups, in blocks."""
-    pairs: list[tuple[int, int, int]] = []
-    labels = np.unique(groups)
-    for ga_pos, ga in enumerate(labels):
-        a_idx = np.flatnonzero(groups == ga)
-        b_idx = np.flatnonzero(np.isin(groups, labels[ga_pos + 1 :]))
-        if not len(a_idx) or not len(b_idx):
-            continue
-        block = max(1, (1 << 22) // len(b_idx))  # ~32 MB of uint64 per block
-        for start in range(0, len(a_idx), block):
-            rows = a_idx[start : start + block]
-            dist = _popcount(hashes[rows, None] ^ hashes[None, b_idx])
-            ii, jj = np.nonzero(dist <= threshold)
-            pairs += zip(rows[ii].tolist(), b_idx[jj].tolist(), dist[ii, jj].tolist(), strict=True)
-    return pairs
-
-
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return str(path)
-
-
-def _class_report(scan: _Scan, files: dict[str, dict[str, list[Path]]]) -> dict[str, Any]:
-    present = [s for s in SPLITS if s in files]
-    counts = {s: {c: len(files[s].get(c, [])) for c in sorted({*scan.classes, *files[s]})} for s in present}
-    counts.update({s: {} for s in SPLITS if s not in files})
-    missing = {s: [c for c in scan.classes if not counts[s].get(c)] for s in present if s != "train"}
-    empty = [_rel(p, scan.root) for p in scan.empty]
-    return {
-        "classes": list(scan.classes),
-        "counts": counts,
-        "totals": {s: sum(counts[s].values()) for s in SPLITS},
-        "empty_classes": empty,
-        "missing": {s: missing.get(s, []) for s in SPLITS[1:]},
-        "extra": _extra_classes(scan),
-    }
-
-
-def _duplicate_report(
-    items: list[tuple[str, Path]], found: list[_Inspected], root: Path, threshold: int
-) -> dict[str, Any]:
-    ok = [i for i, f in enumerate(found) if f.reason is None]
-    by_md5: dict[str, list[int]] = defaultdict(list)
-    for i in ok:
-        by_md5[str(found[i].md5)].append(i)
-    exact = [
-        {"paths": [_rel(items[i][1], root) for i in group], "splits": [items[i][0] for i in group]}
-        for group in by_md5.values()
-        if len({items[i][0] for i in group}) > 1
+def samples_for_model(dataset: Dataset, split: str, class_names: Sequence[str]) -> list[Sample]:
+    """The split's samples relabelled to the model's class indices (by name); other classes are dropped."""
+    samples = dataset.splits.get(split) or []
+    if not samples:
+        raise DataError(f"{dataset.root}: split {split!r} is empty or missing")
+    index = {name: i for i, name in enumerate(class_names)}
+    mapped = [
+        Sample(s.path, index[dataset.class_names[s.label]])
+        for s in samples
+        if dataset.class_names[s.label] in index
     ]
-    hashes = np.array([found[i].dhash for i in ok], dtype=np.uint64)
-    groups = np.array([SPLITS.index(items[i][0]) for i in ok], dtype=np.int64)
-    near = []
-    for a, b, dist in sorted(_near_pairs(hashes, groups, threshold), key=lambda t: (t[2], t[0], t[1])):
-        ia, ib = ok[a], ok[b]
-        if found[ia].md5 != found[ib].md5:
-            (split_a, path_a), (split_b, path_b) = items[ia], items[ib]
-            near.append(
-                {
-                    "a": _rel(path_a, root),
-                    "b": _rel(path_b, root),
-                    "distance": dist,
-                    "splits": [split_a, split_b],
-                }
-            )
-    if len(near) > _MAX_NEAR_PAIRS:
-        log.warning("%d near-duplicate pairs found; reporting the closest %d", len(near), _MAX_NEAR_PAIRS)
-        near = near[:_MAX_NEAR_PAIRS]
-    return {"exact_duplicates": exact, "near_duplicates": near}
-
-
-def check(root: str | Path, *, near_duplicate_threshold: int = 4, seed: int = 0) -> dict[str, Any]:
-    """Health report of a dataset (JSON-serialisable): counts, unreadable images, class mismatches, leaks.
-
-    Dataset problems are reported, not raised; only an unrecognisable layout raises DataError. Splits of the
-    "folders" and "cub" layouts are the ones `discover` makes with the same seed and default fractions.
-    """
-    if not 0 <= near_duplicate_threshold <= 64:
-        raise ValueError(f"near_duplicate_threshold must be 0..64 bits, got {near_duplicate_threshold}")
-    scan = _scan(_root_path(root))
-    files = _assign(scan, seed, 0.15, 0.15)
-    items = [(s, p) for s in SPLITS for _, paths in sorted(files.get(s, {}).items()) for p in paths]
-    found = _inspect_all([p for _, p in items])
-    unreadable = [
-        {"path": _rel(p, scan.root), "reason": f.reason}
-        for (_, p), f in zip(items, found, strict=True)
-        if f.reason
-    ]
-    report: dict[str, Any] = {"root": str(scan.root), "layout": scan.layout}
-    report |= _class_report(scan, files)
-    report["unreadable"] = unreadable
-    report |= _duplicate_report(items, found, scan.root, near_duplicate_threshold)
-    report["problems"] = (
-        len(unreadable)
-        + len(report["empty_classes"])
-        + sum(map(len, report["missing"].values()))
-        + sum(map(len, report["extra"].values()))
-        + len(report["exact_duplicates"])
-        + len(report["near_duplicates"])
-    )
-    return report
-
-
-def _count_table(report: dict[str, Any]) -> list[str]:
-    counts = report["counts"]
-    splits = [s for s in SPLITS if counts.get(s)]
-    names = sorted({c for s in splits for c in counts[s]})
-    width = max([len("class"), *map(len, names)])
-    lines = ["class".ljust(width) + "".join(f"{s:>8}" for s in splits)]
-    lines += [name.ljust(width) + "".join(f"{counts[s].get(name, 0):>8}" for s in splits) for name in names]
-    return lines
-
-
-def _problem_lines(report: dict[str, Any]) -> list[str]:
-    lines: list[str] = []
-
-    def section(title: str, entries: list[str]) -> None:
-        if entries:
-            lines.append(f"{title} ({len(entries)}):")
-            lines.extend(f"  {entry}" for entry in entries)
-
-    section("unreadable images", [f"{u['path']}: {u['reason']}" for u in report["unreadable"]])
-    section("classes without images", report["empty_classes"])
-    for split, names in report["missing"].items():
-        section(f"classes with no {split} images", names)
-    for split, names in report["extra"].items():
-        section(f"classes in {split} but not in train", names)
-    exact = [zip(d["paths"], d["splits"], strict=True) for d in report["exact_duplicates"]]
-    section(
-        "identical files in different splits",
-        [" == ".join(f"{p} ({s})" for p, s in group) for group in exact],
-    )
-    section(
-        "near-duplicate images in different splits",
-        [f"{d['a']} ~ {d['b']} (distance {d['distance']})" for d in report["near_duplicates"]],
-    )
-    return lines
-
-
-def format_check(report: dict[str, Any]) -> str:
-    """Human-readable rendering of a `check` report."""
-    totals = ", ".join(f"{s} {report['totals'].get(s, 0)}" for s in SPLITS)
-    lines = [
-        f"dataset: {report['root']} (layout: {report['layout']}, {len(report['classes'])} classes)",
-        f"images: {totals}",
-        "",
-        *_count_table(report),
-        "",
-    ]
-    problems = _problem_lines(report)
-    if problems:
-        lines += [f"{report['problems']} problem(s) found:", *problems]
-    else:
-        lines.append("no problems found")
-    return "\n".join(lines)
+    if not mapped:
+        raise DataError(f"{dataset.root}: none of the {split} classes is one of the model's classes")
+    return mapped

@@ -1,0 +1,84 @@
+"""From samples to batches of tensors, skipping unreadable images rather than stopping a long job.
+
+ImageDataset is the torch Dataset that training and evaluation loaders read (None for an unreadable image,
+dropped by collate_skip_bad); read_batches streams a list of files as tensor chunks without a DataLoader and
+reports the bad files beside each chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset as TorchDataset
+
+from .images import BadImageError, read_rgb, to_tensor
+from .layouts import Sample
+
+__all__ = ["ImageDataset", "collate_skip_bad", "read_batches"]
+
+log = logging.getLogger("birdshield")
+
+
+def read_batches(
+    paths: Sequence[Path], size: int, batch_size: int
+) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[Path, str]]]]:
+    """Decode `paths` a batch at a time: (indices of the readable ones, their tensors or None, [(bad path,
+    reason)]). Unreadable files are reported, never raised, so a long job goes on."""
+    for start in range(0, len(paths), batch_size):
+        good, tensors, bad = [], [], []
+        for i in range(start, min(start + batch_size, len(paths))):
+            try:
+                tensors.append(to_tensor(read_rgb(paths[i]), size))
+                good.append(i)
+            except BadImageError as e:
+                bad.append((paths[i], e.reason))
+        yield good, (torch.stack(tensors) if tensors else None), bad
+
+
+class ImageDataset(TorchDataset):
+    """(image tensor, label) per sample; an unreadable image gives None (see collate_skip_bad) unless strict.
+
+    `transform`, when given, replaces the default ``to_tensor(img, size)`` (e.g. training augmentation).
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        size: int,
+        strict: bool = False,
+        transform: Callable[[Image.Image], torch.Tensor] | None = None,
+    ) -> None:
+        self.samples = list(samples)
+        self.size = size
+        self.strict = strict
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
+        sample = self.samples[i]
+        try:
+            img = read_rgb(sample.path)
+        except BadImageError as e:
+            if self.strict:
+                raise
+            log.warning("skipping unreadable image %s", e)
+            return None
+        tensor = self.transform(img) if self.transform is not None else to_tensor(img, self.size)
+        return tensor, sample.label
+
+
+def collate_skip_bad(
+    batch: Sequence[tuple[torch.Tensor, int] | None],
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Collate for ImageDataset: drops unreadable (None) items; None when the whole batch was unreadable."""
+    items = [item for item in batch if item is not None]
+    if not items:
+        return None
+    images, labels = zip(*items, strict=True)
+    return torch.stack(images), torch.tensor(labels, dtype=torch.long)
