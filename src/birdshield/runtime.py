@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,21 @@ def pick_device(name: str = "auto") -> torch.device:
 def progress(iterable: Iterable, **kwargs: Any) -> tqdm:
     """A progress bar that stays silent when stderr is not a terminal (CI, logs, pipes)."""
     return tqdm(iterable, disable=not sys.stderr.isatty(), dynamic_ncols=True, leave=False, **kwargs)
+
+
+@contextlib.contextmanager
+def stage_progress(desc: str) -> Iterator[Callable[[str, int, int | None], None]]:
+    """A progress bar driven by `on_progress(stage, images_done, total)` callbacks (evaluate, certify)."""
+    bar = progress(None, desc=desc, unit="img")
+
+    def update(stage: str, done: int, total: int | None) -> None:
+        bar.total, bar.n = total, done
+        bar.set_description_str(stage)
+
+    try:
+        yield update
+    finally:
+        bar.close()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

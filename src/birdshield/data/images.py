@@ -11,11 +11,12 @@ import io
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import BadImageError
 
 __all__ = ["IMAGE_EXTENSIONS", "MAX_PIXELS", "BadImageError", "read_rgb", "to_tensor"]
 
@@ -27,24 +28,6 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 MAX_PIXELS: int = 100_000_000
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
-
-
-class BadImageError(ValueError):
-    """One image file cannot be used; ``str(e) == f"{path}: {reason}"``."""
-
-    def __init__(self, path: str | Path, reason: str | None = None) -> None:
-        if reason is None:
-            # torch re-raises a DataLoader worker error as type(e)(text): keep the type; the text has it all
-            self.path, self.reason = Path(), str(path)
-            super().__init__(str(path))
-            return
-        self.path = Path(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Default exception pickling passes only str(e) back to __init__; DataLoader workers need both fields.
-        return (type(self), (self.path, self.reason) if self.path.parts else (self.reason,))
 
 
 def read_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import DataError
 from .images import IMAGE_EXTENSIONS
 
 __all__ = [
@@ -41,10 +42,6 @@ _LAYOUT_HELP = (
     "           images/\n"
     "  folders: ROOT/<class>/*.jpg (split into train/valid/test here)"
 )
-
-
-class DataError(ValueError):
-    """The dataset on disk has a structure problem; the message names the folder or file and the fix."""
 
 
 @dataclass(frozen=True)

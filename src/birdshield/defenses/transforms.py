@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attacks.corruptions import jpeg as jpeg_round_trip
+from .specs import DEFENSES
 
 
 class InputTransform(nn.Module):
@@ -156,20 +157,13 @@ class EOT(_ModelWrapper):
 
 
 TRANSFORMS: dict[str, type[InputTransform]] = {"jpeg": JPEG, "bits": BitDepth, "median": MedianFilter}
-# The one CLI parameter of each defence, and its default.
-DEFENSE_PARAMS: dict[str, tuple[str, float]] = {
-    "jpeg": ("quality", 75),
-    "bits": ("bits", 4),
-    "median": ("kernel", 3),
-    "smoothing": ("sigma", 0.25),
-}
 
 
 def make_transform(name: str, param: float | None = None) -> InputTransform:
     """The transform called `name` ("jpeg", "bits", "median") with its one parameter (default if None)."""
     if name not in TRANSFORMS:
         raise ValueError(f"unknown input transform {name!r}; valid: {', '.join(TRANSFORMS)}")
-    value = DEFENSE_PARAMS[name][1] if param is None else param
+    value = DEFENSES[name][1] if param is None else param
     if value != int(value):
-        raise ValueError(f"{name}: {DEFENSE_PARAMS[name][0]} must be a whole number, got {value}")
+        raise ValueError(f"{name}: {DEFENSES[name][0]} must be a whole number, got {value}")
     return TRANSFORMS[name](int(value))

@@ -1,0 +1,93 @@
+"""`birdshield predict`: species of image files and folders, as CSV."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..defenses.specs import DEFENSES
+from . import options
+
+IMAGENET_BIRDS = "imagenet-birds"  # the keyword for the offline ImageNet bird model (models.IMAGENET_BIRDS)
+
+
+def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = options.command(
+        sub,
+        "predict",
+        help="predict species for images; write CSV",
+        description="Predict the species of image files and folders (recursively). The first argument may "
+        f"be a run directory; without one (or with the keyword {IMAGENET_BIRDS}) the offline ImageNet "
+        "backbone names the 59 ImageNet bird classes. Unreadable files get a row with their error instead "
+        "of stopping the run.",
+    )
+    p.add_argument(
+        "paths", nargs="+", metavar="[RUN_DIR] PATH", help="run directory, then image files/folders"
+    )
+    p.add_argument("--out", default="predictions.csv", help="CSV file to write ('-' for stdout)")
+    p.add_argument("--top-k", type=int, default=1, help="also write the next K-1 species and confidences")
+    p.add_argument(
+        "--format",
+        choices=["csv", "grading"],
+        default="csv",
+        help="'csv': image,species,confidence[,species_k,confidence_k],error; 'grading': the original "
+        "project's image,specie file sorted by numeric file name",
+    )
+    options.add_batch_size(p, 32)
+    options.add_device(p)
+    g = p.add_argument_group("defence (input transforms are applied before the model)")
+    options.add_defense(
+        g,
+        list(DEFENSES),
+        "Smoothing answers species ABSTAIN, with no confidence, when the vote over --samples noisy copies is "
+        "not significant at --alpha; its confidences are vote shares (the next columns rank the classes by "
+        "votes)",
+    )
+    g.add_argument("--samples", type=int, default=100, help="smoothing: noise samples per image")
+    g.add_argument("--alpha", type=float, default=0.001, help="smoothing: significance level of a vote")
+    g.add_argument("--seed", type=int, default=0, help="smoothing: noise seed")
+    p.set_defaults(handler=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import data, models
+    from ..defenses import make_defense
+    from ..inference import predict_files, to_csv, write_csv
+    from ..runtime import tune_cpu_allocator
+
+    smoothing = {
+        "n": args.samples,
+        "alpha": args.alpha,
+        "seed": args.seed,
+        "batch_size": max(args.batch_size, 100),
+    }
+    with options.usage_errors():
+        defense = make_defense(args.defense, args.defense_param, **smoothing)
+    first, rest = args.paths[0], args.paths[1:]
+    if first == IMAGENET_BIRDS:
+        run_dir, inputs = None, rest
+    elif models.is_run_dir(first):
+        run_dir, inputs = first, rest
+    else:
+        run_dir, inputs = None, args.paths
+    if not inputs:
+        raise options.UsageError("no image files or folders given after the run directory")
+    tune_cpu_allocator()
+    model = models.load_for_inference(run_dir, args.device)
+    rows = predict_files(
+        model, data.list_images(inputs), top_k=args.top_k, batch_size=args.batch_size, defense=defense
+    )
+    bad = [r for r in rows if r["error"]]
+    fmt = {"top_k": args.top_k, "grading": args.format == "grading"}
+    if args.out == "-":
+        sys.stdout.write(to_csv(rows, **fmt))
+    else:
+        write_csv(rows, Path(args.out), **fmt)
+        print(
+            f"{len(rows) - len(bad)} images predicted, {len(bad)} unreadable -> {args.out}", file=sys.stderr
+        )
+    for r in bad:
+        print(f"  unreadable: {r['image']}: {r['error']}", file=sys.stderr)
+    return 0

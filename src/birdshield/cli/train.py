@@ -1,0 +1,172 @@
+"""`birdshield train`: fine-tune a classifier on image folders, optionally against noise or adversaries."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..training.config import FLAT_FIELDS, METHODS, PRESETS, AdvConfig, AugmentConfig, TrainConfig
+from . import options
+
+
+def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    d, a, adv = TrainConfig(data="", out=""), AugmentConfig(), AdvConfig()
+    p = options.command(
+        sub,
+        "train",
+        help="train a classifier on image folders",
+        description="Train a bird-species classifier. Keeps the best-validation checkpoint in OUT "
+        "(model.safetensors + birdshield.json), history.csv, curves.png and resume state.",
+    )
+    p.add_argument(
+        "data",
+        help="dataset root: Kaggle train/valid/test folders, CUB-200-2011, or one folder of species folders "
+        "(split here)",
+    )
+    p.add_argument("--out", required=True, help="run directory to write")
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--arch", default=d.arch, help="timm model name; tf_efficientnet_lite0/1/2 have offline weights"
+    )
+    g.add_argument(
+        "--weights", default=d.weights, help="'imagenet', a local .safetensors/.pth file, or 'none'"
+    )
+    g.add_argument("--image-size", type=int, default=None, help="input size (default: the weights' own size)")
+    g.add_argument(
+        "--depth",
+        default=d.depth,
+        help="what trains: 'probe' (head only, features cached), 'last-N' (last N block groups + head) or "
+        "'full'",
+    )
+    g.add_argument(
+        "--probe-epochs",
+        type=int,
+        default=d.probe_epochs,
+        help="linear-probe epochs on cached features that warm-start the head (only without noise/geometric "
+        "augmentation; 0 = off)",
+    )
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs")
+    g.add_argument(
+        "--patience",
+        type=int,
+        default=d.patience,
+        help="early stop after this many epochs without a better validation score",
+    )
+    options.add_batch_size(g, d.batch_size, "images per training step")
+    g.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default=d.optimizer, help="optimiser")
+    g.add_argument("--lr", type=float, default=d.lr, help="learning rate of the classifier head")
+    g.add_argument("--backbone-lr", type=float, default=d.backbone_lr, help="learning rate of trained blocks")
+    g.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
+    g.add_argument("--nesterov", action="store_true", help="Nesterov momentum for SGD")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="decoupled weight decay")
+    g.add_argument(
+        "--warmup-epochs", type=float, default=d.warmup_epochs, help="linear LR warm-up, then cosine"
+    )
+    g.add_argument(
+        "--label-smoothing", type=float, default=d.label_smoothing, help="cross-entropy label smoothing"
+    )
+    g = p.add_argument_group(
+        "augmentation (the original project's recipe: --noise-max 0.1 --rotate 20 --shift 0.1 --shear 10 "
+        "--zoom 0.1)"
+    )
+    g.add_argument("--no-hflip", dest="hflip", action="store_false", help="disable random horizontal flips")
+    g.add_argument("--rotate", type=float, default=a.rotate, help="max rotation in degrees")
+    g.add_argument("--shift", type=float, default=a.shift, help="max shift, fraction of the image size")
+    g.add_argument("--shear", type=float, default=a.shear, help="max shear in degrees")
+    g.add_argument("--zoom", type=float, default=a.zoom, help="max zoom in/out fraction")
+    g.add_argument(
+        "--noise-max",
+        type=float,
+        default=a.noise_max,
+        help="Gaussian noise with a random std per image in [0, this], pixel units of [0,1] images",
+    )
+    g.add_argument(
+        "--noise-sigma",
+        type=float,
+        default=a.noise_sigma,
+        help="Gaussian noise of this fixed std (randomized-smoothing base model)",
+    )
+    g = p.add_argument_group("run")
+    g.add_argument(
+        "--seed", type=int, default=d.seed, help="seeds the split, initialisation, order and noise"
+    )
+    options.add_device(g)
+    g.add_argument("--no-amp", dest="amp", action="store_false", help="disable bf16 autocast on CUDA")
+    g.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="keep NCHW memory layout (channels_last is faster on CPU and GPU)",
+    )
+    g.add_argument("--workers", type=int, default=d.workers, help="image-decoding worker processes")
+    g.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at the first unreadable image instead of skipping it with a warning",
+    )
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT (same options)")
+    g = p.add_argument_group("robust training (every defence is judged by `birdshield evaluate`)")
+    g.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="named recipe; explicit options still win: "
+        + "; ".join(f"{name}: {doc}" for name, (doc, _) in sorted(PRESETS.items())),
+    )
+    g.add_argument(
+        "--adv",
+        dest="adv_method",
+        choices=METHODS,
+        default=adv.method,
+        help="adversarial training: pgd (Madry), fgsm (from a random start, Wong et al., with the "
+        "catastrophic-overfitting stop), trades",
+    )
+    g.add_argument("--adv-eps", type=_eps, default=adv.eps, help="Linf radius, e.g. 4/255")
+    g.add_argument("--adv-steps", type=int, default=adv.steps, help="attack steps per batch (pgd, trades)")
+    g.add_argument(
+        "--adv-step-size", type=_eps, default=None, help="attack step (default eps/2; fgsm 1.25*eps)"
+    )
+    g.add_argument(
+        "--adv-warmup-epochs",
+        type=float,
+        default=adv.warmup_epochs,
+        help="grow eps linearly from 0 over these epochs",
+    )
+    g.add_argument(
+        "--clean-weight",
+        type=float,
+        default=adv.clean_weight,
+        help="weight of the clean loss in the clean/adversarial mix (pgd, fgsm)",
+    )
+    g.add_argument("--trades-beta", type=float, default=adv.trades_beta, help="TRADES robustness weight")
+    g.add_argument(
+        "--select",
+        choices=["clean", "robust"],
+        default=adv.select,
+        help="best checkpoint by clean validation accuracy or by PGD accuracy at --adv-eps on the validation "
+        "split",
+    )
+    p.set_defaults(handler=run)
+    return p
+
+
+def _eps(text: str) -> float:
+    from ..attacks.eps import parse_eps
+
+    return parse_eps(text)
+
+
+def apply_preset(parser: argparse.ArgumentParser, name: str) -> None:
+    """A preset changes the train command's defaults, so options given explicitly still win."""
+    parser.set_defaults(**PRESETS[name][1])
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..training import config_from_options, train
+
+    given = {k: v for k, v in vars(args).items() if k in FLAT_FIELDS}
+    if given.get("weights") == "none":
+        given["weights"] = None
+    with options.usage_errors():
+        cfg = config_from_options(args.data, args.out, **given)
+    train(cfg)
+    return 0
