@@ -10,9 +10,9 @@ import torch
 from conftest import TINY
 
 from birdshield.cli import main
-from birdshield.defenses.adversarial import AdvConfig, adversarial_loss
 from birdshield.models import create_model
-from birdshield.train import _overfitting
+from birdshield.training.config import AdvConfig
+from birdshield.training.robust import adversarial_loss, catastrophic_overfitting
 
 FAST = [*TINY, "--probe-epochs", "0", "--depth", "full", "--batch-size", "12"]
 
@@ -78,8 +78,8 @@ def test_preset_sets_defaults_and_explicit_options_win(tiny_data: Path, tmp_path
 
 def test_catastrophic_overfitting_is_detected_from_a_collapse():
     steady = [{"train_pgd_accuracy": a} for a in (0.3, 0.35, 0.33)]
-    assert not _overfitting(steady)
-    assert _overfitting([*steady, {"train_pgd_accuracy": 0.02}])
+    assert not catastrophic_overfitting(steady)
+    assert catastrophic_overfitting([*steady, {"train_pgd_accuracy": 0.02}])
 
 
 def test_bad_adversarial_options_are_refused():

@@ -19,8 +19,7 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from .augment import AugmentConfig
-    from .train import TrainConfig
+    from .training.config import AugmentConfig, TrainConfig
 
     d, a = TrainConfig(data="", out=""), AugmentConfig()
     p = sub.add_parser(
@@ -120,8 +119,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _add_robust_training(p: argparse.ArgumentParser) -> None:
     from .attacks import parse_eps
-    from .defenses.adversarial import METHODS, AdvConfig
-    from .train import PRESETS
+    from .training.config import METHODS, PRESETS, AdvConfig
 
     adv = AdvConfig()
     g = p.add_argument_group("robust training (every defence is judged by `birdshield evaluate`)")
@@ -179,9 +177,8 @@ def _from_args(cls: type, args: argparse.Namespace, prefix: str = "", **given: o
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .augment import AugmentConfig
-    from .defenses.adversarial import AdvConfig
-    from .train import TrainConfig, train
+    from .training.config import AdvConfig, AugmentConfig, TrainConfig
+    from .training.loop import train
 
     weights = None if args.weights == "none" else args.weights
     aug, adv = _from_args(AugmentConfig, args), _from_args(AdvConfig, args, prefix="adv_")
@@ -697,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     if getattr(args, "preset", None):  # a preset changes the defaults; options given explicitly still win
-        from .train import PRESETS
+        from .training.config import PRESETS
 
         parser._subparsers._group_actions[0].choices["train"].set_defaults(**PRESETS[args.preset][1])
         args = parser.parse_args(argv)

@@ -1,5 +1,5 @@
-"""Defences: randomized smoothing (certified), input transformations with BPDA/EOT for honest attacks, and
-adversarial-training losses (`defenses.adversarial`, used by train)."""
+"""Defences: randomized smoothing (certified) and input transformations with BPDA/EOT for honest attacks.
+Adversarial training lives in `birdshield.training` (robust.py)."""
 
 from __future__ import annotations
 
