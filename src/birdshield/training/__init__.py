@@ -10,7 +10,7 @@ from typing import Any
 
 from .config import METHODS, PRESETS, AdvConfig, AugmentConfig, TrainConfig
 
-_LAZY = {"train": "loop"}
+_LAZY = {"train": "loop", "TrainState": "loop"}
 
 __all__ = ["METHODS", "PRESETS", "AdvConfig", "AugmentConfig", "TrainConfig", *_LAZY]
 
