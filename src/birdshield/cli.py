@@ -127,7 +127,7 @@ def _add_robust_training(p: argparse.ArgumentParser) -> None:
         "--preset",
         choices=sorted(PRESETS),
         help="named recipe; explicit options still win: "
-        + "; ".join(f"{name}: {doc}" for name, (doc, _) in sorted(PRESETS.items())),
+        + "; ".join(f"{name}: {preset.doc}" for name, preset in sorted(PRESETS.items())),
     )
     g.add_argument(
         "--adv",
@@ -164,25 +164,12 @@ def _add_robust_training(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _from_args(cls: type, args: argparse.Namespace, prefix: str = "", **given: object) -> object:
-    """Build a config dataclass from the parsed options of the same names (`prefix` + name first)."""
-    import dataclasses
-
-    values = dict(given)
-    for f in dataclasses.fields(cls):
-        for dest in (prefix + f.name, f.name):
-            if f.name not in values and hasattr(args, dest):
-                values[f.name] = getattr(args, dest)
-    return cls(**values)
-
-
 def _train(args: argparse.Namespace) -> int:
-    from .training.config import AdvConfig, AugmentConfig, TrainConfig
-    from .training.loop import train
+    from .training import FLAT_FIELDS, config_from_options, train
 
-    weights = None if args.weights == "none" else args.weights
-    aug, adv = _from_args(AugmentConfig, args), _from_args(AdvConfig, args, prefix="adv_")
-    train(_from_args(TrainConfig, args, weights=weights, augment=aug, adv=adv))
+    options = {name: getattr(args, name) for name in FLAT_FIELDS}
+    options["weights"] = None if args.weights == "none" else args.weights
+    train(config_from_options(args.data, args.out, **options))
     return 0
 
 
@@ -694,9 +681,9 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     if getattr(args, "preset", None):  # a preset changes the defaults; options given explicitly still win
-        from .training.config import PRESETS
+        from .training.config import preset_defaults
 
-        parser._subparsers._group_actions[0].choices["train"].set_defaults(**PRESETS[args.preset][1])
+        parser._subparsers._group_actions[0].choices["train"].set_defaults(**preset_defaults(args.preset))
         args = parser.parse_args(argv)
     from .data import BadImageError, DataError
     from .models import CheckpointError

@@ -8,11 +8,32 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .config import METHODS, PRESETS, AdvConfig, AugmentConfig, TrainConfig
+from .config import (
+    FLAT_FIELDS,
+    METHODS,
+    PRESETS,
+    AdvConfig,
+    AugmentConfig,
+    Preset,
+    TrainConfig,
+    config_from_options,
+    preset_defaults,
+)
 
 _LAZY = {"train": "loop", "TrainState": "loop"}
 
-__all__ = ["METHODS", "PRESETS", "AdvConfig", "AugmentConfig", "TrainConfig", *_LAZY]
+__all__ = [
+    "FLAT_FIELDS",
+    "METHODS",
+    "PRESETS",
+    "AdvConfig",
+    "AugmentConfig",
+    "Preset",
+    "TrainConfig",
+    "config_from_options",
+    "preset_defaults",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 DEFAULT_ARCH = "tf_efficientnet_lite0"  # models.DEFAULT_ARCH (not imported: models loads torch)
@@ -102,10 +103,70 @@ class TrainConfig:
     strict: bool = False  # fail on the first unreadable image instead of skipping it
     resume: bool = False
 
+    @classmethod
+    def from_preset(cls, name: str, data: str, out: str, **options: Any) -> TrainConfig:
+        """A named recipe (see PRESETS); explicit `options` (flat names, see FLAT_FIELDS) win over it."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown training preset {name!r}; presets: {', '.join(sorted(PRESETS))}")
+        return config_from_options(data, out, **{**PRESETS[name].overrides, **options})
 
-# Named recipes for `birdshield train --preset NAME`: (what it is, option defaults it sets).
-PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
-    "original": (
+
+# --- flat option names: one namespace for the CLI, presets and Python callers ---
+
+# Adversarial fields the CLI names with an `adv_` prefix (--adv, --adv-eps, ...); the others keep their name.
+_ADV_PREFIXED = ("method", "eps", "steps", "step_size", "warmup_epochs")
+
+
+def _flat_fields() -> dict[str, str]:
+    flat = {f.name: f.name for f in fields(TrainConfig) if f.name not in ("data", "out", "augment", "adv")}
+    flat.update({f.name: f"augment.{f.name}" for f in fields(AugmentConfig)})
+    for f in fields(AdvConfig):
+        flat[f"adv_{f.name}" if f.name in _ADV_PREFIXED else f.name] = f"adv.{f.name}"
+    return flat
+
+
+# Flat option name (as `birdshield train` spells it, with underscores) -> field path in TrainConfig.
+FLAT_FIELDS: dict[str, str] = _flat_fields()
+
+
+def config_from_options(data: str, out: str, **options: Any) -> TrainConfig:
+    """A TrainConfig from flat option names (FLAT_FIELDS); options left out keep their defaults."""
+    for name in options:
+        if name not in FLAT_FIELDS:
+            close = difflib.get_close_matches(name, FLAT_FIELDS, n=1)
+            raise ValueError(
+                f"unknown training option {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+            )
+    nested: dict[str, dict[str, Any]] = {"": {}, "augment": {}, "adv": {}}
+    for name, value in options.items():
+        group, _, field_name = FLAT_FIELDS[name].rpartition(".")
+        nested[group][field_name] = value
+    return TrainConfig(
+        data, out, augment=AugmentConfig(**nested["augment"]), adv=AdvConfig(**nested["adv"]), **nested[""]
+    )
+
+
+def preset_defaults(name: str | None = None) -> dict[str, Any]:
+    """Every flat option's default, with preset `name`'s overrides applied (what `train --preset` sets)."""
+    cfg = TrainConfig.from_preset(name, "", "") if name else TrainConfig("", "")
+    values = {}
+    for flat, path in FLAT_FIELDS.items():
+        value: Any = cfg
+        for attr in path.split("."):
+            value = getattr(value, attr)
+        values[flat] = value
+    return values
+
+
+@dataclass(frozen=True)
+class Preset:
+    doc: str  # what the recipe is, for --help
+    overrides: dict[str, Any]  # flat option name (FLAT_FIELDS) -> value; explicit options still win
+
+
+# Named recipes for `birdshield train --preset NAME` and TrainConfig.from_preset(NAME, ...).
+PRESETS: dict[str, Preset] = {
+    "original": Preset(
         "the original project's noise + geometric augmentation, Adam, patience 5",
         {
             "noise_max": 0.1,
@@ -118,7 +179,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
             "epochs": 10,
         },
     ),
-    "robust-cpu": (
+    "robust-cpu": Preset(
         "PGD-3 adversarial training at Linf 4/255 on 160 px inputs (half the cost of 224), eps warm-up, "
         "full fine-tune, robust selection",
         {
@@ -134,7 +195,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
             "label_smoothing": 0.0,
         },
     ),
-    "smoothing": (
+    "smoothing": Preset(
         "Gaussian noise of sigma 0.25: the base model of randomized smoothing (certify --sigma 0.25)",
         {"noise_sigma": 0.25, "depth": "full", "epochs": 8},
     ),
