@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from birdshield.augment import AugmentConfig, augment, random_affine
+from birdshield.training.augment import augment, random_affine
+from birdshield.training.config import AugmentConfig
 
 
 def _g(seed: int = 0) -> torch.Generator:

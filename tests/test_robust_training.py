@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -10,9 +11,17 @@ import torch
 from conftest import TINY
 
 from birdshield.cli import main
-from birdshield.defenses.adversarial import AdvConfig, adversarial_loss
 from birdshield.models import create_model
-from birdshield.train import _overfitting
+from birdshield.training.config import (
+    FLAT_FIELDS,
+    PRESETS,
+    AdvConfig,
+    AugmentConfig,
+    TrainConfig,
+    config_from_options,
+    preset_defaults,
+)
+from birdshield.training.robust import adversarial_loss, catastrophic_overfitting
 
 FAST = [*TINY, "--probe-epochs", "0", "--depth", "full", "--batch-size", "12"]
 
@@ -76,10 +85,46 @@ def test_preset_sets_defaults_and_explicit_options_win(tiny_data: Path, tmp_path
     assert training["epochs"] == 1 and training["adv"]["steps"] == 1
 
 
+def test_from_preset_sets_the_recipe_and_explicit_options_win():
+    cfg = TrainConfig.from_preset("robust-cpu", data="d", out="o", adv_steps=1, epochs=2)
+    assert (cfg.data, cfg.out) == ("d", "o")
+    assert cfg.image_size == 160 and cfg.depth == "full" and cfg.label_smoothing == 0.0 and cfg.patience == 6
+    assert cfg.adv.method == "pgd" and cfg.adv.eps == pytest.approx(4 / 255) and cfg.adv.select == "robust"
+    assert cfg.adv.warmup_epochs == 2 and cfg.warmup_epochs == 1.0  # adv_warmup_epochs is eps's, not the LR's
+    assert cfg.adv.steps == 1 and cfg.epochs == 2  # explicit options win over the preset's 3 and 20
+
+
+def test_preset_defaults_are_the_flat_options_the_preset_gives():
+    plain, smoothing = preset_defaults(), preset_defaults("smoothing")
+    assert set(plain) == set(FLAT_FIELDS)
+    assert plain["noise_sigma"] == 0.0 and plain["adv_method"] == "none" and plain["epochs"] == 6
+    assert {k: v for k, v in smoothing.items() if plain[k] != v} == PRESETS["smoothing"].overrides
+    for name in PRESETS:  # every preset names real options with valid values
+        from_defaults = config_from_options("d", "o", **preset_defaults(name))
+        assert from_defaults == TrainConfig.from_preset(name, "d", "o")
+
+
+def test_flat_option_names_reach_every_config_field_once():
+    paths = [f.name for f in fields(TrainConfig) if f.name not in ("data", "out", "augment", "adv")]
+    paths += [f"augment.{f.name}" for f in fields(AugmentConfig)]
+    paths += [f"adv.{f.name}" for f in fields(AdvConfig)]
+    assert sorted(FLAT_FIELDS.values()) == sorted(paths)  # no two options share a name
+    cfg = config_from_options("d", "o", adv_eps=0.1, adv_method="fgsm", clean_weight=0.5, zoom=0.2, seed=3)
+    assert cfg.adv == AdvConfig(method="fgsm", eps=0.1, clean_weight=0.5)
+    assert cfg.augment == AugmentConfig(zoom=0.2) and cfg.seed == 3
+
+
+def test_unknown_options_and_presets_are_refused():
+    with pytest.raises(ValueError, match="'adv_step'.*did you mean 'adv_steps'"):
+        config_from_options("d", "o", adv_step=1)
+    with pytest.raises(ValueError, match="unknown training preset 'robust'"):
+        TrainConfig.from_preset("robust", "d", "o")
+
+
 def test_catastrophic_overfitting_is_detected_from_a_collapse():
     steady = [{"train_pgd_accuracy": a} for a in (0.3, 0.35, 0.33)]
-    assert not _overfitting(steady)
-    assert _overfitting([*steady, {"train_pgd_accuracy": 0.02}])
+    assert not catastrophic_overfitting(steady)
+    assert catastrophic_overfitting([*steady, {"train_pgd_accuracy": 0.02}])
 
 
 def test_bad_adversarial_options_are_refused():

@@ -14,6 +14,8 @@ import torch
 from conftest import TINY
 
 import birdshield
+import birdshield.models
+import birdshield.training
 from birdshield import data
 from birdshield.cli import main
 
@@ -24,6 +26,16 @@ CLI = [sys.executable, "-m", "birdshield.cli"]
 def _history(run: Path) -> list[dict]:
     with open(run / "history.csv", newline="") as f:
         return list(csv.DictReader(f))
+
+
+def test_training_config_imports_without_torch():
+    """The CLI builds its parser from birdshield.training's configs; loading torch there costs seconds."""
+    src = str(Path(birdshield.__file__).parents[1])
+    env = {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [src, ENV.get("PYTHONPATH")]))}
+    code = "import sys, birdshield.training.config, birdshield.training; assert 'torch' not in sys.modules"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert birdshield.training.TrainConfig("d", "o").arch == birdshield.models.DEFAULT_ARCH
 
 
 def test_training_writes_a_loadable_best_checkpoint_and_curves(tiny_run: Path, tiny_data: Path):

@@ -7,30 +7,11 @@ little next to the forward pass and works the same on CPU and GPU.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-
-@dataclass
-class AugmentConfig:
-    hflip: bool = True
-    rotate: float = 0.0  # max degrees
-    shift: float = 0.0  # max fraction of the image size
-    shear: float = 0.0  # max degrees
-    zoom: float = 0.0  # max fractional zoom in or out
-    noise_max: float = 0.0  # per-image Gaussian std drawn uniformly from [0, noise_max] (pixel units)
-    noise_sigma: float = 0.0  # fixed Gaussian std for every image (randomized-smoothing training)
-
-    @property
-    def geometric(self) -> bool:
-        return any((self.rotate, self.shift, self.shear, self.zoom))
-
-    @property
-    def only_flips(self) -> bool:
-        """True when augmented features can be cached: at most two versions of each image exist."""
-        return not (self.geometric or self.noise_max or self.noise_sigma)
+from .config import AugmentConfig
 
 
 def _uniform(

@@ -6,59 +6,13 @@ and the evaluation threat model are the same code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attacks import pgd
 from ..attacks.base import project, sealed
-
-METHODS = ("none", "pgd", "fgsm", "trades")
-
-
-@dataclass
-class AdvConfig:
-    method: str = "none"  # none | pgd | fgsm (FGSM from a random start) | trades
-    eps: float = 0.0  # Linf radius in pixel units of [0,1] images
-    steps: int = 3  # attack steps per batch (pgd, trades); fgsm is one step
-    step_size: float | None = None  # default: eps/2 for pgd and trades, 1.25*eps for fgsm (Wong et al.)
-    warmup_epochs: float = 0.0  # eps grows linearly from 0 over these epochs
-    clean_weight: float = 0.0  # loss = (1 - w) * adversarial + w * clean (pgd, fgsm)
-    trades_beta: float = 6.0
-    select: str = "clean"  # best checkpoint by "clean" or "robust" validation accuracy (PGD at eps)
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"adversarial method must be one of {METHODS}, got {self.method!r}")
-        if self.method != "none" and self.eps <= 0:
-            raise ValueError(f"adversarial training with {self.method} needs --adv-eps > 0")
-        if self.select not in ("clean", "robust"):
-            raise ValueError(f"select must be 'clean' or 'robust', got {self.select!r}")
-
-    @property
-    def active(self) -> bool:
-        return self.method != "none"
-
-    def eps_at(self, epoch_progress: float) -> float:
-        """eps after `epoch_progress` epochs (fractional), with the linear warm-up."""
-        if self.warmup_epochs <= 0:
-            return self.eps
-        return self.eps * min(1.0, epoch_progress / self.warmup_epochs)
-
-    def summary(self) -> dict:
-        """What the model was trained against, as recorded in birdshield.json."""
-        if not self.active:
-            return {"method": "none"}
-        return {
-            "method": self.method,
-            "norm": "linf",
-            "eps": self.eps,
-            "steps": 1 if self.method == "fgsm" else self.steps,
-            "clean_weight": self.clean_weight,
-            **({"beta": self.trades_beta} if self.method == "trades" else {}),
-        }
+from .config import AdvConfig
 
 
 def _trades_example(
@@ -122,3 +76,10 @@ def robust_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: i
     x_adv = pgd(model, x, y, eps=eps, steps=steps, seed=seed)
     with torch.inference_mode():
         return (model(x_adv).argmax(1) == y).float().mean().item()
+
+
+def catastrophic_overfitting(history: list[dict], drop: float = 0.2) -> bool:
+    """Catastrophic overfitting of fast adversarial training: PGD accuracy on a fixed training batch falls
+    by more than `drop` below its best so far, while the FGSM training accuracy keeps rising."""
+    pgd_acc = [h["train_pgd_accuracy"] for h in history if "train_pgd_accuracy" in h]
+    return len(pgd_acc) >= 2 and pgd_acc[-1] < max(pgd_acc[:-1]) - drop
