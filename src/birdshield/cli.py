@@ -119,7 +119,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_robust_training(p: argparse.ArgumentParser) -> None:
-    from .attacks import parse_eps
+    from .attacks.eps import parse_eps
     from .defenses.adversarial import METHODS, AdvConfig
     from .train import PRESETS
 
@@ -413,14 +413,15 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _eval_overrides(args: argparse.Namespace) -> dict:
     """EvalConfig fields the user set; ValueError for bad names or numbers."""
-    from .attacks import CORRUPTIONS, get_attack, parse_eps
+    from .attacks.eps import parse_eps
+    from .attacks.registry import CORRUPTIONS, get_spec
     from .evaluate import DEFAULT_L2_EPS
 
     o: dict = {}
     if args.attacks:
         o["attacks"] = tuple(_split_list(args.attacks))
         for name in o["attacks"]:
-            get_attack(name)
+            get_spec(name)
     if args.norm:
         o["norm"] = args.norm
     if args.eps:
@@ -494,8 +495,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_attack(sub: argparse._SubParsersAction) -> None:
-    from .attacks import ATTACKS
+    from .attacks.registry import ATTACK_SPECS
 
+    usable = {name: spec for name, spec in ATTACK_SPECS.items() if "surrogate" not in spec.options}
     p = sub.add_parser(
         "attack",
         help="write adversarial versions of image files (PNG) and a CSV of what changed",
@@ -511,7 +513,12 @@ def _add_attack(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", help="run directory written by `birdshield train`")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders")
     p.add_argument("--out", required=True, help="folder for the PNGs and attack.csv")
-    p.add_argument("--attack", default="pgd", choices=[a for a in ATTACKS if a != "transfer"])
+    p.add_argument(
+        "--attack",
+        default="pgd",
+        choices=list(usable),
+        help="; ".join(f"{name}: {spec.summary}" for name, spec in usable.items()),
+    )
     p.add_argument("--eps", default="4/255", help="radius, e.g. 4/255 (Linf) or 0.5 (L2)")
     p.add_argument("--norm", default="linf", choices=["linf", "l2"])
     p.add_argument("--steps", type=int, help="iterations (default: the attack's own)")
@@ -530,7 +537,7 @@ def _add_attack(sub: argparse._SubParsersAction) -> None:
 
 
 def _attack(args: argparse.Namespace) -> int:
-    from .attacks import parse_eps
+    from .attacks.eps import parse_eps
     from .data import DataError
     from .evaluate import attack_files
     from .runtime import pick_device, tune_cpu_allocator

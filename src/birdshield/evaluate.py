@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import inspect
 import io
 import math
 import time
@@ -50,13 +49,12 @@ from PIL import Image
 from torch import Tensor, nn
 
 from . import data
-from .attacks import CORRUPTIONS, corrupt, format_eps, get_attack
 from .attacks.base import margin_loss
+from .attacks.corruptions import corrupt
+from .attacks.eps import format_eps
+from .attacks.registry import CORRUPTIONS, get_spec
 from .runtime import atomic_write_bytes, progress
 
-BLACK_BOX = frozenset({"square", "transfer"})
-_FIXED_NORM = {"square": "linf", "cw": "l2"}  # attacks implemented for one norm only
-_MIN_CLASSES = {"apgd-t": 4, "apgd-dlr": 3}  # the (targeted) DLR loss needs this many classes
 DEFAULT_L2_EPS = (0.25, 0.5, 1.0)  # used when --norm l2 is asked for without --eps
 N_EXAMPLES = 4
 ProgressFn = Callable[[str, int, int | None], None]  # (stage, images done, total images or None)
@@ -101,20 +99,6 @@ PRESETS: dict[str, EvalConfig] = {
 # ------------------------------------------------------------------------------------------------ attacks
 
 
-def attack_kwargs(name: str, fn: Callable[..., Tensor], eps: float, **options: Any) -> dict[str, Any]:
-    """Keyword arguments for attack ``fn``: eps plus those ``options`` it accepts (None = its default).
-
-    Attacks differ in what they take (square has no norm, FGSM no steps), so the signature decides.
-    """
-    if name == "transfer":  # crafts with PGD on the surrogate; transfer forwards the PGD options
-        pgd_options = {k: options.get(k) for k in ("norm", "steps", "seed", "target")}
-        return {"eps": eps, "surrogate": options["surrogate"], "attack": "pgd"} | {
-            k: v for k, v in pgd_options.items() if v is not None
-        }
-    params = inspect.signature(fn).parameters
-    return {"eps": eps} | {k: v for k, v in options.items() if k in params and v is not None}
-
-
 def _attack_options(name: str, cfg: EvalConfig, seed: int) -> dict[str, Any]:
     return {
         "norm": cfg.norm,
@@ -129,13 +113,13 @@ def _attack_options(name: str, cfg: EvalConfig, seed: int) -> dict[str, Any]:
 
 
 def _skip_reason(name: str, cfg: EvalConfig, num_classes: int) -> str | None:
-    if name == "transfer" and cfg.surrogate is None:
+    spec = get_spec(name)
+    if "surrogate" in spec.options and cfg.surrogate is None:
         return "needs a surrogate model (--surrogate RUN_DIR)"
-    fixed = _FIXED_NORM.get(name)
-    if fixed and fixed != cfg.norm:
-        return f"implemented for {fixed} only, evaluation norm is {cfg.norm}"
-    if num_classes < _MIN_CLASSES.get(name, 0):
-        return f"needs at least {_MIN_CLASSES[name]} classes, the model has {num_classes}"
+    if cfg.norm not in spec.norms:
+        return f"implemented for {'/'.join(spec.norms)} only, evaluation norm is {cfg.norm}"
+    if num_classes < spec.min_classes:
+        return f"needs at least {spec.min_classes} classes, the model has {num_classes}"
     return None
 
 
@@ -147,7 +131,7 @@ def attack_plan(cfg: EvalConfig, num_classes: int) -> tuple[list[str], list[dict
     """
     names = list(dict.fromkeys(cfg.attacks))
     for name in names:
-        get_attack(name)
+        get_spec(name)
     if cfg.surrogate is not None and "transfer" not in names:
         names.insert(names.index("square") if "square" in names else len(names), "transfer")
     run, skipped = [], []
@@ -157,7 +141,7 @@ def attack_plan(cfg: EvalConfig, num_classes: int) -> tuple[list[str], list[dict
             skipped.append({"attack": name, "reason": reason})
         else:
             run.append(name)
-    run.sort(key=lambda a: a in BLACK_BOX)
+    run.sort(key=lambda a: get_spec(a).black_box)
     return run, skipped
 
 
@@ -239,15 +223,15 @@ def _ensemble_at(
         rows = (correct if cfg.independent else alive).nonzero().squeeze(1)
         fooled, rec, t0 = torch.zeros_like(correct), tally.attacks[(eps, name)], time.perf_counter()
         if rows.numel():
-            fn = get_attack(name)
-            x_adv = fn(
-                model, x[rows], y[rows], **attack_kwargs(name, fn, eps, **_attack_options(name, cfg, seed))
-            )
-            fooled[rows] = _logits(model, x_adv).argmax(1) != y[rows]
+            spec = get_spec(name)
+            kwargs = spec.kwargs(eps, **_attack_options(name, cfg, seed))
+            result = spec.load()(model, x[rows], y[rows], return_result=True, **kwargs)
+            x_adv = result.x_adv
+            fooled[rows] = result.logits.argmax(1) != y[rows]  # the logits of x_adv, as the attack saw them
             rec.outside_ball += int((_norm_of(x_adv - x[rows], cfg.norm) > eps * (1 + 1e-5) + 1e-6).sum())
             fresh = ~(fooled_wb | fooled_bb)[rows]  # keep the first fooling input of each image
             worst[rows[fresh]] = x_adv[fresh]
-        (fooled_bb if name in BLACK_BOX else fooled_wb).logical_or_(fooled)
+        (fooled_bb if get_spec(name).black_box else fooled_wb).logical_or_(fooled)
         alive &= ~fooled
         rec.n_attacked += rows.numel()
         rec.fooled += int(fooled.sum())
@@ -320,7 +304,8 @@ def _final_flags(tally: _Tally, cfg: EvalConfig, plan: Sequence[str]) -> list[di
                 }
             )
     limit = max(1, 0.02 * tally.n)
-    compared = any(a in BLACK_BOX for a in plan) and any(a not in BLACK_BOX for a in plan)
+    black_box = [get_spec(a).black_box for a in plan]
+    compared = any(black_box) and not all(black_box)
     for e in eps:
         if compared and tally.black_box_only[e] > limit:
             flags.append(
@@ -598,8 +583,8 @@ def _attack_batch(
     y = y.to(x.device)
     target = options.get("target")
     target_t = None if target is None else torch.full_like(y, index[target])
-    fn = get_attack(attack)
-    x_adv = fn(model, x, y, **attack_kwargs(attack, fn, eps, **(options | {"target": target_t})))
+    spec = get_spec(attack)
+    x_adv = spec.load()(model, x, y, **spec.kwargs(eps, **(options | {"target": target_t})))
     q = _quantise(x, x_adv, eps, options.get("norm") or "linf")
     p_adv = _logits(model, q / 255).softmax(1)
     rows = []
@@ -644,12 +629,12 @@ def attack_files(
     adversarial prediction and perturbation size are those of the written 8-bit image. Unreadable files
     get a row with their error.
     """
-    fn = get_attack(attack)
+    spec = get_spec(attack)
     target = options.get("target")
     if target is not None:
         if target not in model.class_names:
             raise ValueError(f"unknown target class {target!r}; the model's classes: {model.class_names}")
-        if "target" not in inspect.signature(fn).parameters:
+        if not spec.targeted:
             raise ValueError(f"attack {attack!r} cannot be targeted")
     out_dir = Path(out_dir)
     pairs, rows, batch = output_names(inputs, out_dir), [], []
@@ -672,12 +657,10 @@ def attack_files(
 
 
 __all__ = [
-    "BLACK_BOX",
     "DEFAULT_L2_EPS",
     "PRESETS",
     "EvalConfig",
     "attack_files",
-    "attack_kwargs",
     "attack_plan",
     "evaluate",
     "evaluate_samples",

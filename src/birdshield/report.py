@@ -10,7 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .attacks.base import format_eps  # noqa: E402
+from .attacks.eps import format_eps  # noqa: E402
+from .attacks.registry import get_spec  # noqa: E402
 from .runtime import atomic_write_bytes, atomic_write_json  # noqa: E402
 
 
@@ -127,9 +128,10 @@ def report_markdown(report: dict[str, Any], plots: list[str]) -> str:
 def _attacks_text(report: dict[str, Any]) -> str:
     cfg, parts = report["config"], []
     for a in dict.fromkeys(r["attack"] for r in report["results"]):
-        if a == "square":
-            parts.append(f"square ({cfg['square_queries']} queries)")
-        elif a == "fgsm":
+        options = get_spec(a).options
+        if "n_queries" in options:
+            parts.append(f"{a} ({cfg['square_queries']} queries)")
+        elif "steps" not in options:
             parts.append(a)
         else:
             restarts = f" x{cfg['restarts']} restarts" if a == "pgd" and cfg["restarts"] > 1 else ""
