@@ -28,10 +28,10 @@ from birdshield.defenses import (
     Defended,
     MedianFilter,
     Smoothed,
-    certified_accuracy,
     certified_radius,
     lower_confidence_bound,
 )
+from birdshield.evaluation.certify import certified_accuracy
 from birdshield.models import load
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from birdshield import data
 from birdshield.cli import main
-from birdshield.evaluate import EvalConfig, attack_plan, evaluate, evaluate_samples
+from birdshield.evaluation import EvalConfig, attack_plan, evaluate, evaluate_samples
 from birdshield.models import load
 from birdshield.report import write_report
 

@@ -415,7 +415,7 @@ def _eval_overrides(args: argparse.Namespace) -> dict:
     """EvalConfig fields the user set; ValueError for bad names or numbers."""
     from .attacks.eps import parse_eps
     from .attacks.registry import CORRUPTIONS, get_spec
-    from .evaluate import DEFAULT_L2_EPS
+    from .evaluation.config import DEFAULT_L2_EPS
 
     o: dict = {}
     if args.attacks:
@@ -455,7 +455,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from . import data
     from .defenses import Defended, make_transform
-    from .evaluate import PRESETS, evaluate_samples, samples_for_model
+    from .evaluation import PRESETS, evaluate_samples, samples_for_model
     from .report import format_summary, write_report
     from .runtime import pick_device, progress, tune_cpu_allocator
 
@@ -538,8 +538,8 @@ def _add_attack(sub: argparse._SubParsersAction) -> None:
 
 def _attack(args: argparse.Namespace) -> int:
     from .attacks.eps import parse_eps
+    from .attacks.files import attack_files
     from .data import DataError
-    from .evaluate import attack_files
     from .runtime import pick_device, tune_cpu_allocator
 
     tune_cpu_allocator()
@@ -603,8 +603,8 @@ def _add_certify(sub: argparse._SubParsersAction) -> None:
 def _certify(args: argparse.Namespace) -> int:
     from . import data
     from .data import stratified_subset
-    from .defenses.smoothing import certify_dataset, write_report
-    from .evaluate import samples_for_model
+    from .evaluation import samples_for_model
+    from .evaluation.certify import certify_dataset, write_report
     from .runtime import pick_device, tune_cpu_allocator
 
     tune_cpu_allocator()

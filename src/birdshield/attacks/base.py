@@ -223,6 +223,19 @@ class Attacked:
         return AttackResult(self.x_adv, self.logits, success(self.logits, y, target))
 
 
+def inference_logits(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """The model's logits without autograd, as a normal tensor (inference tensors refuse later in-place
+    writes)."""
+    with torch.inference_mode():
+        out = model(x)
+    return out.clone()
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters are (CPU for a model without any)."""
+    return next(iter(model.parameters()), torch.empty(0)).device
+
+
 def generator(x: Tensor, seed: int) -> torch.Generator:
     """Local RNG on x's device, so attacks are reproducible and the global RNG is left alone."""
     return torch.Generator(device=x.device).manual_seed(int(seed))

@@ -6,9 +6,7 @@ from __future__ import annotations
 from .smoothing import (
     ABSTAIN,
     Smoothed,
-    certified_accuracy,
     certified_radius,
-    certify_dataset,
     lower_confidence_bound,
 )
 from .transforms import (
@@ -34,9 +32,7 @@ __all__ = [
     "InputTransform",
     "MedianFilter",
     "Smoothed",
-    "certified_accuracy",
     "certified_radius",
-    "certify_dataset",
     "lower_confidence_bound",
     "make_transform",
 ]
