@@ -18,7 +18,7 @@ from birdshield import data
 from birdshield.cli import main
 from birdshield.evaluation import EvalConfig, attack_plan, evaluate, evaluate_samples
 from birdshield.models import load
-from birdshield.report import write_report
+from birdshield.reporting.writers import write_evaluate_report
 
 EPS = (0.0, 0.5 / 255, 1 / 255, 2 / 255, 4 / 255)
 FAST = EvalConfig(
@@ -186,7 +186,7 @@ def test_report_files(cascade: dict, setup: tuple[nn.Module, Tensor, Tensor], tm
     examples: list = []
     evaluate(net, _batches(x[:16], y[:16]), FAST, examples=examples)
     assert 0 < len(examples) <= 4
-    md = write_report(cascade, tmp_path, examples)
+    md = write_evaluate_report(cascade, tmp_path, examples)
     saved = json.loads((tmp_path / "report.json").read_text())
     assert set(saved) >= REPORT_KEYS
     keys = {"attack", "norm", "eps", "robust_accuracy", "fooled", "n_attacked", "n", "seconds"}

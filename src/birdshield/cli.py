@@ -456,7 +456,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from . import data
     from .defenses import Defended, make_transform
     from .evaluation import PRESETS, evaluate_samples, samples_for_model
-    from .report import format_summary, write_report
+    from .reporting.markdown import format_summary
+    from .reporting.writers import write_evaluate_report
     from .runtime import pick_device, progress, tune_cpu_allocator
 
     tune_cpu_allocator()  # 2-3x faster CPU forward/backward; must come before the big allocations
@@ -486,7 +487,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     result["model"]["run_dir"], result["split"] = str(args.run_dir), args.split
     if args.surrogate:
         result["config"]["surrogate"] = str(args.surrogate)
-    md = write_report(result, args.out, examples)
+    md = write_evaluate_report(result, args.out, examples)
     print(format_summary(result))
     for bad in result["bad_images"]:
         print(f"  unreadable, left out: {bad['path']}: {bad['error']}", file=sys.stderr)
@@ -604,7 +605,8 @@ def _certify(args: argparse.Namespace) -> int:
     from . import data
     from .data import stratified_subset
     from .evaluation import samples_for_model
-    from .evaluation.certify import certify_dataset, write_report
+    from .evaluation.certify import certify_dataset
+    from .reporting.writers import write_certify_report
     from .runtime import pick_device, tune_cpu_allocator
 
     tune_cpu_allocator()
@@ -618,7 +620,7 @@ def _certify(args: argparse.Namespace) -> int:
         print(f"birdshield certify: error: {e}", file=sys.stderr)
         return 2
     result = {"run": str(args.run_dir), "data": str(args.data), "split": args.split, **result}
-    print(write_report(result, Path(args.out)), end="")
+    print(write_certify_report(result, Path(args.out)), end="")
     print(f"-> {Path(args.out) / 'certify.json'}", file=sys.stderr)
     return 0
 

@@ -26,7 +26,7 @@ from . import data
 from .augment import AugmentConfig, augment
 from .defenses.adversarial import AdvConfig, adversarial_loss, robust_accuracy
 from .models import DEFAULT_ARCH, CheckpointError, Classifier, create_model, save_checkpoint
-from .report import plot_training_curves
+from .reporting.plots import plot_training_curves
 from .runtime import atomic_write_bytes, pick_device, progress, tune_cpu_allocator
 
 RESUME_FILE = "resume.safetensors"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,9 +12,8 @@ from torch import nn
 
 from .. import data
 from ..defenses.smoothing import ABSTAIN, Smoothed
-from ..runtime import atomic_write_bytes, atomic_write_json, progress
-
-DEFAULT_RADII = (0.0, 0.125, 0.25, 0.375, 0.5, 0.75, 1.0)
+from ..reporting.markdown import DEFAULT_RADII
+from ..runtime import progress
 
 
 def certified_accuracy(images: Sequence[dict], radii: Sequence[float]) -> list[dict[str, float]]:
@@ -105,56 +103,3 @@ def _summary(images: list[dict], **params: Any) -> dict[str, Any]:
         "certified_accuracy": certified_accuracy(images, _radius_grid(images)),
         "images": images,
     }
-
-
-# ------------------------------------------------------------------------------------------ reports
-
-
-def format_table(result: dict[str, Any]) -> str:
-    """Markdown: parameters and certified accuracy at the standard radii."""
-    curve = {row["radius"]: row["accuracy"] for row in result["certified_accuracy"]}
-    lines = [
-        f"Randomized smoothing: sigma={result['sigma']}, n0={result['n0']}, n={result['n']}, "
-        f"alpha={result['alpha']}, {result['n_images']} images "
-        f"({result['n_unreadable']} unreadable skipped)",
-        "",
-        f"- base model clean accuracy: {100 * result['clean_accuracy_of_base_model']:.1f}%",
-        f"- abstained: {100 * result['abstain_rate']:.1f}%",
-        f"- time: {result['seconds_per_image']:.3f} s per image",
-        "",
-        "| L2 radius | certified accuracy |",
-        "|---:|---:|",
-    ]
-    lines += [f"| {r:.3f} | {100 * curve[r]:.1f}% |" for r in DEFAULT_RADII]
-    return "\n".join(lines) + "\n"
-
-
-def plot_certified(result: dict[str, Any], path: Path) -> None:
-    """Certified accuracy vs L2 radius as a step curve (no pyplot: no global figure state)."""
-    from matplotlib.figure import Figure
-
-    curve = result["certified_accuracy"]
-    fig = Figure(figsize=(5, 4))
-    ax = fig.add_subplot()
-    radii = [row["radius"] for row in curve]
-    ax.plot(radii, [100 * row["accuracy"] for row in curve], drawstyle="steps-pre")
-    ax.set(
-        xlabel="L2 radius (pixel units of [0,1] images)",
-        ylabel="certified accuracy (%)",
-        title=f"Randomized smoothing, sigma = {result['sigma']}",
-        ylim=(0, 100),
-    )
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-
-
-def write_report(result: dict[str, Any], out: Path) -> str:
-    """certify.json, certify.md and certified_accuracy.png in `out`; returns the Markdown table."""
-    out = Path(out)
-    table = format_table(result)
-    atomic_write_json(out / "certify.json", result)
-    atomic_write_bytes(out / "certify.md", table.encode())
-    plot_certified(result, out / "certified_accuracy.png")
-    return table
