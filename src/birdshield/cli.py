@@ -400,6 +400,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, help="seed of the subset, attacks and noise (default 0)")
     g.add_argument("--batch-size", type=int, help="images per chunk (default 32)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted evaluation from the progress saved in OUT (refused if it was "
+        "saved with other options, another model or other images)",
+    )
     g = p.add_argument_group("defence (an input transform before the model, attacked through it)")
     _add_defense_choice(
         g,
@@ -455,15 +461,15 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from . import data
     from .defenses import Defended, make_transform
-    from .evaluation import PRESETS, evaluate_samples, samples_for_model
+    from .evaluation import PRESETS, OutDirError, evaluate_to_dir, prepare_out_dir, samples_for_model
     from .reporting.markdown import format_summary
-    from .reporting.writers import write_evaluate_report
     from .runtime import pick_device, progress, tune_cpu_allocator
 
     tune_cpu_allocator()  # 2-3x faster CPU forward/backward; must come before the big allocations
-    try:  # every option is checked before the model is loaded
+    try:  # every option, and the report folder, is checked before the model is loaded
         overrides = _eval_overrides(args)
         transform = None if args.defense == "none" else make_transform(args.defense, args.defense_param)
+        prepare_out_dir(args.out)
     except ValueError as e:
         print(f"birdshield evaluate: error: {e}", file=sys.stderr)
         return 2
@@ -481,17 +487,20 @@ def _evaluate(args: argparse.Namespace) -> int:
         bar.total, bar.n = total, done
         bar.set_description_str(stage)
 
-    examples: list = []
-    result = evaluate_samples(model, samples, cfg, on_progress, examples)
-    bar.close()
-    result["model"]["run_dir"], result["split"] = str(args.run_dir), args.split
-    if args.surrogate:
-        result["config"]["surrogate"] = str(args.surrogate)
-    md = write_evaluate_report(result, args.out, examples)
+    names = {"run_dir": args.run_dir, "split": args.split, "surrogate_dir": args.surrogate}
+    try:
+        result = evaluate_to_dir(
+            model, samples, cfg, args.out, resume=args.resume, on_progress=on_progress, **names
+        )
+    except OutDirError as e:
+        print(f"birdshield evaluate: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        bar.close()
     print(format_summary(result))
     for bad in result["bad_images"]:
         print(f"  unreadable, left out: {bad['path']}: {bad['error']}", file=sys.stderr)
-    print(f"\n{result['n']} images in {result['seconds']:.0f} s; report: {md}")
+    print(f"\n{result['n']} images in {result['seconds']:.0f} s; report: {Path(args.out) / 'report.md'}")
     return 0
 
 
@@ -598,29 +607,41 @@ def _add_certify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=100, help="noisy copies per forward pass")
     p.add_argument("--seed", type=int, default=0, help="seeds the subset and the noise")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run after the images already certified in OUT (refused if they "
+        "were certified with other options, another model or other images)",
+    )
     p.set_defaults(handler=_certify)
 
 
 def _certify(args: argparse.Namespace) -> int:
     from . import data
     from .data import stratified_subset
-    from .evaluation import samples_for_model
-    from .evaluation.certify import certify_dataset
-    from .reporting.writers import write_certify_report
+    from .evaluation import certify_to_dir, prepare_out_dir, samples_for_model
+    from .reporting.markdown import certify_table
     from .runtime import pick_device, tune_cpu_allocator
 
     tune_cpu_allocator()
+    try:
+        prepare_out_dir(args.out)
+    except ValueError as e:
+        print(f"birdshield certify: error: {e}", file=sys.stderr)
+        return 2
     model = _prepared_model(args.run_dir, pick_device(args.device))
     samples = samples_for_model(data.discover(args.data), args.split, model.class_names)
     samples = stratified_subset(samples, args.n_images, args.seed)
-    params = (args.sigma, args.n0, args.n, args.alpha, args.seed, args.batch_size)
+    params = {"sigma": args.sigma, "n0": args.n0, "n": args.n, "alpha": args.alpha, "seed": args.seed}
+    header = {"run": str(args.run_dir), "data": str(args.data), "split": args.split}
     try:
-        result = certify_dataset(model, samples, *params)
-    except ValueError as e:  # bad sigma, n, n0, alpha or batch size
+        result = certify_to_dir(
+            model, samples, args.out, **params, batch_size=args.batch_size, resume=args.resume, header=header
+        )
+    except ValueError as e:  # bad sigma, n, n0, alpha or batch size; progress saved by another run
         print(f"birdshield certify: error: {e}", file=sys.stderr)
         return 2
-    result = {"run": str(args.run_dir), "data": str(args.data), "split": args.split, **result}
-    print(write_certify_report(result, Path(args.out)), end="")
+    print(certify_table(result), end="")
     print(f"-> {Path(args.out) / 'certify.json'}", file=sys.stderr)
     return 0
 
@@ -719,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"birdshield: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("birdshield: interrupted (a training run continues with --resume)", file=sys.stderr)
+        print("birdshield: interrupted (train, evaluate and certify continue with --resume)", file=sys.stderr)
         return 130
 
 

@@ -1,7 +1,7 @@
 """Robustness evaluation: clean, corruption and worst-case adversarial accuracy over an attack ensemble
 (``run``, ``cascade``, ``checks``, ``report``), and certified accuracy under randomized smoothing
-(``certify``). The configuration (``config``) is torch-free; the rest loads on first use (PEP 562), so
-reading the presets does not import torch.
+(``certify``); long runs save their progress and resume (``state``). The configuration (``config``) is
+torch-free; the rest loads on first use (PEP 562), so reading the presets does not import torch.
 """
 
 from __future__ import annotations
@@ -17,11 +17,15 @@ from .config import EvalConfig as EvalConfig
 _LAZY = {
     "evaluate": ".run",
     "evaluate_samples": ".run",
+    "evaluate_to_dir": ".run",
     "samples_for_model": ".run",
     "attack_plan": ".cascade",
     "trained_against": ".report",
     "certify_dataset": ".certify",
     "certified_accuracy": ".certify",
+    "certify_to_dir": ".certify",
+    "OutDirError": ".state",
+    "prepare_out_dir": ".state",
 }
 __all__ = sorted(["DEFAULT_L2_EPS", "PRESETS", "EvalConfig", *_LAZY])
 

@@ -167,7 +167,7 @@ def ensemble_at(
     return worst
 
 
-def examples(
+def pick_examples(
     model: nn.Module, x: Tensor, y: Tensor, worst: Tensor, correct: Tensor, eps: float, k: int
 ) -> list[dict[str, Any]]:
     """Up to k clean-correct images with their worst adversarial input; fooled ones, varied species first."""

@@ -4,16 +4,20 @@ every image, per-image records, and certified accuracy against the L2 radius."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from .. import data
+from ..attacks.base import model_device
 from ..defenses.smoothing import ABSTAIN, Smoothed
 from ..reporting.markdown import DEFAULT_RADII
+from ..reporting.writers import write_certify_report
 from ..runtime import progress
+from .state import CertifyLog, model_fingerprint, prepare_out_dir, samples_digest
 
 
 def certified_accuracy(images: Sequence[dict], radii: Sequence[float]) -> list[dict[str, float]]:
@@ -74,17 +78,69 @@ def certify_dataset(
     Unreadable images are listed with their error and left out of the accuracies.
     """
     smoothed = Smoothed(model, sigma, batch_size)
-    device = next(model.parameters()).device
-    names = list(model.class_names)
-    images = []
-    for i, sample in enumerate(progress(samples, desc="certify", unit="img")):
-        args = {"n0": n0, "n": n, "alpha": alpha, "seed": seed + i}
-        record = _certify_one(smoothed, sample, model.image_size, device, args)
+    params = {"n0": n0, "n": n, "alpha": alpha, "seed": seed}
+    return _summary(_certify_images(smoothed, samples, params, []), sigma=sigma, **params)
+
+
+def certify_to_dir(
+    model: nn.Module,
+    samples: Sequence[data.Sample],
+    out_dir: str | Path,
+    *,
+    sigma: float,
+    n0: int = 100,
+    n: int = 1000,
+    alpha: float = 0.001,
+    seed: int = 0,
+    batch_size: int = 100,
+    resume: bool = False,
+    header: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``certify_dataset`` into a report folder: certify.json, certify.md, certified_accuracy.png.
+
+    The folder is created and test-written first. Each image's record is appended to
+    ``OUT/certify.jsonl`` as it is certified; ``resume=True`` continues after the records there, and refuses
+    (OutDirError) a log written with other parameters, model or samples. The log is removed once the report
+    is written. ``header`` (e.g. run, data, split) leads the result. Returns the result dict.
+    """
+    smoothed = Smoothed(model, sigma, batch_size)
+    out = prepare_out_dir(out_dir)
+    params = {"n0": n0, "n": n, "alpha": alpha, "seed": seed}
+    fingerprint = {
+        "params": {"sigma": sigma, **params, "batch_size": batch_size},
+        "model": model_fingerprint(model),
+        "samples": samples_digest(samples),
+    }
+    log = CertifyLog(out, fingerprint, resume)
+    images = _certify_images(smoothed, samples, params, log.records, on_record=log.append)
+    result = {**(header or {}), **_summary(images, sigma=sigma, **params)}
+    write_certify_report(result, out)
+    log.remove()
+    return result
+
+
+def _certify_images(
+    smoothed: Smoothed,
+    samples: Sequence[data.Sample],
+    params: dict[str, Any],
+    done: list[dict[str, Any]],
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Records of every sample: ``done`` (those certified before), then the rest, each passed to
+    ``on_record`` as it is made."""
+    model, images = smoothed.model, list(done)
+    device, names = model_device(model), list(model.class_names)
+    todo = range(len(images), len(samples))
+    for i in progress(todo, desc="certify", unit="img", initial=len(images), total=len(samples)):
+        args = {**params, "seed": params["seed"] + i}
+        record = _certify_one(smoothed, samples[i], model.image_size, device, args)
         record["label"] = names[record["label"]]
         if record["prediction"] is not None:
             record["prediction"] = None if record["prediction"] == ABSTAIN else names[record["prediction"]]
         images.append(record)
-    return _summary(images, sigma=sigma, n0=n0, n=n, alpha=alpha, seed=seed)
+        if on_record is not None:
+            on_record(record)
+    return images
 
 
 def _summary(images: list[dict], **params: Any) -> dict[str, Any]:
