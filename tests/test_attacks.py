@@ -405,6 +405,7 @@ def test_registry_imports_without_torch() -> None:
     code = (
         "import sys, birdshield.attacks as a, birdshield.attacks.registry as r;"
         "a.parse_eps('4/255'); a.format_eps(0.1); a.CORRUPTIONS; r.get_spec('pgd').kwargs(0.1, steps=3);"
+        "import birdshield.evaluation as e, birdshield.reporting.markdown; e.PRESETS['full'];"
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -216,7 +216,7 @@ class Attacked:
     ) -> AttackResult:
         """The AttackResult; rows whose final logits the attack never computed get one forward pass."""
         missing = (~self.known).nonzero().squeeze(1)
-        if missing.numel():
+        if missing.numel() or self.logits is None:  # (None: an empty batch)
             with torch.no_grad():
                 self._note_logits(missing, model(self.x_adv[missing]))
         assert self.logits is not None
