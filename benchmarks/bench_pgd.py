@@ -75,8 +75,8 @@ def prepare(args: argparse.Namespace, path: Path) -> None:
 
 def ours(args: argparse.Namespace, x, y) -> tuple[float, float]:
     import torch
-
     from birdshield.evaluate import EvalConfig, evaluate
+
     from birdshield.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()  # as `birdshield evaluate` does, before the model's buffers are allocated

@@ -124,3 +124,34 @@ def tiny_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         == 0
     )
     return out
+
+
+def kill_cli_when(argv: list[str], ready: Callable[[], bool], timeout: float = 300) -> None:
+    """Run `birdshield ARGV` in a subprocess and SIGKILL it as soon as ready() (polled every 5 ms) holds.
+
+    Fails if the command ends first: the test then proves nothing about resuming.
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "birdshield.cli", "--threads", "1", *argv]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            if proc.poll() is not None:
+                pytest.fail(f"ended (exit {proc.returncode}) before it could be killed: {proc.stderr.read()}")
+            if time.monotonic() > deadline:
+                pytest.fail("never became ready to be killed")
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import copy
+import inspect
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from birdshield.attacks import ATTACKS, CORRUPTIONS, corrupt, get_attack, parse_eps
+from birdshield.attacks import ATTACKS, CORRUPTIONS, AttackResult, corrupt, get_attack, parse_eps
 from birdshield.attacks.apgd import checkpoints
 from birdshield.attacks.base import dlr_loss, margin_loss, success
+from birdshield.attacks.corruptions import _FUNCS
+from birdshield.attacks.registry import ATTACK_SPECS, OPTIONS, get_spec
 from birdshield.attacks.square import p_schedule
 
 N_CLASSES = 10
@@ -371,3 +376,85 @@ def test_losses_and_schedules() -> None:
     assert dlr_loss(logits, y, t)[0].item() == pytest.approx(-3 / 3.5)
     assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
     assert [p_schedule(0.8, it, 10000) for it in (5, 11, 51, 9000)] == [0.8, 0.4, 0.2, 0.8 / 512]
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+@pytest.mark.parametrize("name", list(ATTACK_SPECS))
+def test_spec_matches_its_function(name: str) -> None:
+    """Each spec's options are exactly the option names its function accepts (transfer: its own plus the
+    ones it forwards to PGD on the surrogate), and its defaults are the function's."""
+    spec = get_spec(name)
+    params = inspect.signature(spec.load()).parameters
+    named = {p for p in params if p in OPTIONS}
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        crafter = get_spec("pgd")
+        assert named <= spec.options and spec.options - named <= crafter.options
+        params = inspect.signature(crafter.load()).parameters
+    else:
+        assert named == spec.options
+    assert spec.targeted == ("target" in spec.options)
+    assert spec.default_steps == (params["steps"].default if "steps" in spec.options else None)
+    if "norm" in spec.options:
+        assert spec.norms == ("linf", "l2") and params["norm"].default == "linf"
+    assert spec.black_box == (not spec.needs_gradients)
+
+
+def test_registry_imports_without_torch() -> None:
+    code = (
+        "import sys, birdshield.attacks as a, birdshield.attacks.registry as r;"
+        "a.parse_eps('4/255'); a.format_eps(0.1); a.CORRUPTIONS; r.get_spec('pgd').kwargs(0.1, steps=3);"
+        "import birdshield.evaluation as e, birdshield.reporting.markdown; e.PRESETS['full'];"
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+def test_corruption_names_are_the_functions() -> None:
+    assert tuple(_FUNCS) == CORRUPTIONS
+
+
+def test_package_names_stay_functions_after_submodule_imports() -> None:
+    import birdshield.attacks as package
+    import birdshield.attacks.pgd  # noqa: F401  (would shadow the function with the module)
+
+    assert callable(package.pgd) and package.pgd is ATTACKS["pgd"]
+
+
+# ----------------------------------------------------------------------------- AttackResult
+
+RESULT_CASES = [
+    *ALL_CASES,
+    ("pgd", {"steps": 4, "restarts": 3}, LINF_EPS),
+    ("pgd", {"steps": 4, "early_stop": False}, LINF_EPS),
+    ("apgd-ce", {"steps": 10, "restarts": 2}, LINF_EPS),
+    ("square", {"n_queries": 100, "early_stop": False}, LINF_EPS),
+    ("pgd", {"steps": 5}, 0.0),
+]
+
+
+@pytest.mark.parametrize(("name", "kw", "eps"), RESULT_CASES)
+def test_result_logits_are_those_of_x_adv(name: str, kw: dict, eps: float, net: nn.Module, xy) -> None:
+    """return_result=True gives the same x_adv, and logits bit-identical to a forward pass over x_adv (the
+    evaluation counts fooled images from them instead of running that forward pass itself)."""
+    x, y = xy
+    res = run(name, net, x, y, eps, return_result=True, **kw)
+    assert isinstance(res, AttackResult)
+    assert torch.equal(res.x_adv, run(name, net, x, y, eps, **kw))
+    with torch.inference_mode():
+        assert torch.equal(res.logits, net(res.x_adv))
+    assert torch.equal(res.success, res.logits.argmax(1) != y)
+
+
+def test_result_of_targeted_and_transfer_attacks(net: nn.Module, xy) -> None:
+    x, y = xy
+    target = (y + 1) % N_CLASSES
+    res = run("pgd", net, x, y, 8 / 255, steps=5, target=target, return_result=True)
+    assert torch.equal(res.success, res.logits.argmax(1) == target)
+    surrogate, counted = copy.deepcopy(net), Counting(net)
+    res = ATTACKS["transfer"](counted, x, y, surrogate=surrogate, eps=8 / 255, steps=3, return_result=True)
+    assert counted.calls == 1  # the target is queried once, for the logits
+    with torch.inference_mode():
+        assert torch.equal(res.logits, net(res.x_adv))

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CLASSES
+from conftest import TINY_CLASSES, kill_cli_when
 from PIL import Image
 from scipy.stats import beta, norm
 from torch import Tensor, nn
@@ -28,10 +28,10 @@ from birdshield.defenses import (
     Defended,
     MedianFilter,
     Smoothed,
-    certified_accuracy,
     certified_radius,
     lower_confidence_bound,
 )
+from birdshield.evaluation.certify import certified_accuracy
 from birdshield.models import load
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -278,3 +278,29 @@ def test_evaluate_cli_attacks_through_the_defense(tiny_run: Path, tiny_data: Pat
     assert squeezed["clean_accuracy"] >= robust[0] >= robust[1]
     with pytest.raises(SystemExit):  # smoothing is certify's job
         main([*argv, "--out", str(tmp_path / "x"), "--defense", "smoothing"])
+
+
+def _certified_numbers(result: dict) -> dict:
+    result = {k: v for k, v in result.items() if k not in ("seconds_per_image", "images_per_second")}
+    result["images"] = [{k: v for k, v in im.items() if k != "seconds"} for im in result["images"]]
+    return result
+
+
+def test_certify_cli_resumes_after_sigkill(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    argv = ["certify", str(tiny_run), str(tiny_data), "--sigma", "0.12", "--n0", "8", "--n", "100"]
+    argv += ["--batch-size", "20", "--n-images", "6"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    out = tmp_path / "b"
+    log = out / "certify.jsonl"
+
+    def one_done() -> bool:  # the fingerprint line and one image
+        return log.is_file() and log.read_text().count("\n") >= 2
+
+    kill_cli_when([*argv, "--out", str(out)], ready=one_done)
+    assert not (out / "certify.json").exists() and log.read_text().count("\n") < 7
+    assert main([*argv, "--out", str(out), "--resume", "--seed", "1"]) == 2  # other noise: refused
+    assert main([*argv, "--out", str(out), "--resume"]) == 0
+    whole, resumed = (json.loads((tmp_path / d / "certify.json").read_text()) for d in "ab")
+    assert _certified_numbers(resumed)["run"] == str(tiny_run)
+    assert _certified_numbers(resumed) == _certified_numbers(whole)
+    assert not log.exists() and (out / "certified_accuracy.png").is_file()

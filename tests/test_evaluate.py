@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -11,14 +12,23 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import kill_cli_when
 from PIL import Image
 from torch import Tensor, nn
 
 from birdshield import data
 from birdshield.cli import main
-from birdshield.evaluate import EvalConfig, attack_plan, evaluate, evaluate_samples
+from birdshield.data import samples_for_model
+from birdshield.errors import OutDirError
+from birdshield.evaluation import (
+    EvalConfig,
+    attack_plan,
+    evaluate,
+    evaluate_samples,
+    evaluate_to_dir,
+)
 from birdshield.models import load
-from birdshield.report import write_report
+from birdshield.reporting.writers import write_evaluate_report
 
 EPS = (0.0, 0.5 / 255, 1 / 255, 2 / 255, 4 / 255)
 FAST = EvalConfig(
@@ -186,7 +196,7 @@ def test_report_files(cascade: dict, setup: tuple[nn.Module, Tensor, Tensor], tm
     examples: list = []
     evaluate(net, _batches(x[:16], y[:16]), FAST, examples=examples)
     assert 0 < len(examples) <= 4
-    md = write_report(cascade, tmp_path, examples)
+    md = write_evaluate_report(cascade, tmp_path, examples)
     saved = json.loads((tmp_path / "report.json").read_text())
     assert set(saved) >= REPORT_KEYS
     keys = {"attack", "norm", "eps", "robust_accuracy", "fooled", "n_attacked", "n", "seconds"}
@@ -268,3 +278,89 @@ def test_attack_never_overwrites_inputs(tiny_run: Path, tmp_path: Path, make_ima
     assert main(same_place) == 2  # a.png given as a file, output a.png in its own folder
     assert img.read_bytes() == before
     assert sorted(p.name for p in folder.rglob("*")) == ["a.png", "blue jay"]
+
+
+# ------------------------------------------------------------------------------------------ resume
+
+
+def _numbers(report: dict) -> dict:
+    """The report without its timings (the only numbers a resumed run may change)."""
+    report = json.loads(json.dumps(report))
+    del report["seconds"]
+    for row in report["results"]:
+        del row["seconds"]
+    return report
+
+
+class Stop(Exception):
+    pass
+
+
+def _stop_after_chunk(k: int):
+    chunks = []
+
+    def on_progress(stage: str, done: int, total: int | None) -> None:
+        chunks.extend([done] if stage == "done" else [])
+        if len(chunks) == k:
+            raise Stop
+
+    return on_progress
+
+
+def test_resumed_evaluation_gives_the_same_report(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    model = load(tiny_run)
+    samples = samples_for_model(data.discover(tiny_data), "test", model.class_names)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    samples = [*samples[:5], data.Sample(bad, 0), *samples[5:]]
+    cfg = EvalConfig(
+        attacks=("fgsm", "pgd", "square"),
+        eps=(2 / 255, 8 / 255),
+        steps={"pgd": 3},
+        square_queries=20,
+        corruptions=("gaussian_noise",),
+        severities=(1,),
+        noise_std=(0.1,),
+        batch_size=4,
+    )
+    whole = evaluate_to_dir(model, samples, cfg, tmp_path / "a", run_dir=tiny_run, split="test")
+    out = tmp_path / "b"
+    with pytest.raises(Stop):
+        evaluate_to_dir(model, samples, cfg, out, on_progress=_stop_after_chunk(2))
+    assert (out / "state.json").is_file() and not (out / "report.json").exists()
+    with pytest.raises(OutDirError, match="config"):
+        evaluate_to_dir(model, samples, dataclasses.replace(cfg, seed=1), out, resume=True)
+    with pytest.raises(OutDirError, match="samples"):
+        evaluate_to_dir(model, samples[1:], cfg, out, resume=True)
+    done: list[int] = []
+    resumed = evaluate_to_dir(
+        model, samples, cfg, out, resume=True, on_progress=lambda s, n, t: done.append(n), run_dir=tiny_run
+    )
+    assert done[0] == 7  # the two saved chunks (8 files, one unreadable) were not redone
+    assert _numbers(resumed) == _numbers(whole) | {"split": None}
+    assert resumed["bad_images"] == [{"path": str(bad), "error": resumed["bad_images"][0]["error"]}]
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(resumed))
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert not (out / "state.json").exists() and (out / "examples.png").is_file()
+
+
+def test_evaluate_cli_resumes_after_sigkill(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    argv = ["evaluate", str(tiny_run), str(tiny_data), "--attacks", "fgsm,pgd,square", "--steps", "3"]
+    argv += ["--eps", "8/255", "--square-queries", "20", "--n", "6", "--batch-size", "2"]
+    argv += ["--corruptions", "gaussian_noise", "--severities", "1", "--noise-std", "none"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    out = tmp_path / "b"
+    kill_cli_when([*argv, "--out", str(out)], ready=(out / "state.json").is_file)
+    assert not (out / "report.json").exists()
+    assert 2 <= json.loads((out / "state.json").read_text())["samples_done"] < 6
+    assert main([*argv, "--out", str(out), "--resume"]) == 0
+    whole, resumed = (json.loads((tmp_path / d / "report.json").read_text()) for d in "ab")
+    assert _numbers(resumed) == _numbers(whole)
+    assert not (out / "state.json").exists() and (out / "examples.png").is_file()
+
+
+def test_evaluate_cli_refuses_an_unwritable_out(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    argv = ["evaluate", str(tiny_run), str(tiny_data), "--out", str(blocker / "report")]
+    assert main(argv) == 2

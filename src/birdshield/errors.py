@@ -35,4 +35,14 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message says which file and what to do."""
 
 
-USER_ERRORS: tuple[type[Exception], ...] = (DataError, BadImageError, CheckpointError, FileNotFoundError)
+class OutDirError(ValueError):
+    """The report folder cannot be written, or the progress saved there belongs to another run."""
+
+
+USER_ERRORS: tuple[type[Exception], ...] = (
+    DataError,
+    BadImageError,
+    CheckpointError,
+    OutDirError,
+    FileNotFoundError,
+)

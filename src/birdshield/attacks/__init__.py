@@ -1,63 +1,70 @@
 """Adversarial attacks and common corruptions.
 
 Every attack follows ``attack(model, x, y, *, eps, ..., target=None, seed=0, early_stop=True) -> x_adv``
-(see :mod:`birdshield.attacks.base`); :data:`ATTACKS` maps CLI names to them.
+(see :mod:`birdshield.attacks.base`); :mod:`birdshield.attacks.registry` describes each one and
+:data:`ATTACKS` maps the registry names to the functions.
+
+Importing this package is cheap (no torch): the names below are loaded on first use (PEP 562), so the CLI
+can read the registry, parse eps and list corruptions before torch is imported.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
+import importlib
+import sys
+import types
+from typing import Any
 
-from torch import Tensor
-
-from .apgd import apgd, apgd_t
-from .base import dlr_loss, format_eps, margin_loss, parse_eps, project
-from .corruptions import CORRUPTIONS, corrupt
-from .cw import cw_l2
-from .fgsm import fgsm
-from .mifgsm import mifgsm
-from .pgd import pgd
-from .square import square
-from .transfer import transfer
-
-ATTACKS: dict[str, Callable[..., Tensor]] = {
-    "fgsm": fgsm,
-    "pgd": pgd,
-    "mifgsm": mifgsm,
-    "apgd-ce": functools.partial(apgd, loss="ce"),
-    "apgd-t": apgd_t,
-    "apgd-dlr": functools.partial(apgd, loss="dlr"),
-    "cw": cw_l2,
-    "square": square,
-    "transfer": transfer,
+# public name -> module (relative to this package) that defines it
+_LAZY = {
+    "apgd": ".apgd",
+    "apgd_t": ".apgd",
+    "cw_l2": ".cw",
+    "fgsm": ".fgsm",
+    "mifgsm": ".mifgsm",
+    "pgd": ".pgd",
+    "square": ".square",
+    "transfer": ".transfer",
+    "AttackResult": ".base",
+    "dlr_loss": ".base",
+    "margin_loss": ".base",
+    "project": ".base",
+    "corrupt": ".corruptions",
+    "CORRUPTIONS": ".registry",
+    "ATTACK_SPECS": ".registry",
+    "AttackSpec": ".registry",
+    "get_attack": ".registry",
+    "get_spec": ".registry",
+    "format_eps": ".eps",
+    "parse_eps": ".eps",
 }
+__all__ = sorted([*_LAZY, "ATTACKS"])
 
 
-def get_attack(name: str) -> Callable[..., Tensor]:
-    """The attack registered under ``name``; ValueError naming the valid ones otherwise."""
-    try:
-        return ATTACKS[name]
-    except KeyError:
-        raise ValueError(f"unknown attack {name!r}; valid: {', '.join(ATTACKS)}") from None
+def __getattr__(name: str) -> Any:
+    if name == "ATTACKS":
+        from .registry import ATTACK_SPECS
+
+        value: Any = {n: spec.load() for n, spec in ATTACK_SPECS.items()}
+    elif name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
-__all__ = [
-    "ATTACKS",
-    "CORRUPTIONS",
-    "apgd",
-    "apgd_t",
-    "corrupt",
-    "cw_l2",
-    "dlr_loss",
-    "fgsm",
-    "format_eps",
-    "get_attack",
-    "margin_loss",
-    "mifgsm",
-    "parse_eps",
-    "pgd",
-    "project",
-    "square",
-    "transfer",
-]
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+class _Package(types.ModuleType):
+    """Importing a submodule sets it as an attribute of its package: keep ``attacks.pgd`` the function
+    (as the eager imports used to), whichever of ``attacks.pgd`` and ``attacks.pgd.pgd`` loads first."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if not (name in _LAZY and isinstance(value, types.ModuleType)):
+            super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -73,7 +73,7 @@ def _record(
 ) -> dict[str, Tensor]:
     """Keep the first successful point of each image; with early_stop drop those rows."""
     ok = success(logits, s["y"], s["t"] if targeted_goal else None)
-    out.store(s["idx"], s["xa"], ok & ~out.done[s["idx"]])
+    out.store(s["idx"], s["xa"], ok & ~out.done[s["idx"]], logits)
     return keep_rows(s, ~ok) if early_stop else s
 
 
@@ -141,7 +141,7 @@ def apgd(
     target: Tensor | None = None,
     seed: int = 0,
     early_stop: bool = True,
-) -> Tensor:
+) -> Attacked:
     """APGD with cross-entropy ("ce") or DLR ("dlr") loss, Linf or L2, from a random start.
 
     Step size starts at 2 * eps and is halved at the checkpoints of :func:`checkpoints` when the loss
@@ -168,7 +168,7 @@ def apgd(
             early_stop=early_stop,
             targeted_goal=target is not None,
         )
-    return out.x_adv
+    return out
 
 
 @attack_fn
@@ -183,7 +183,7 @@ def apgd_t(
     n_target_classes: int = 9,
     seed: int = 0,
     early_stop: bool = True,
-) -> Tensor:
+) -> Attacked:
     """APGD-T: targeted-DLR APGD against each of the top ``n_target_classes`` wrong classes in turn.
 
     Target classes are ranked by the clean logits, so the cost does not grow with the number of
@@ -194,8 +194,8 @@ def apgd_t(
     out, gen = Attacked(x), generator(x, seed)
     with torch.no_grad():
         logits = model(x)
-    if early_stop:
-        out.done |= logits.argmax(1) != y
+    if early_stop:  # x_adv stays x for those, with the logits just computed
+        out.store(torch.arange(len(x), device=x.device), x, logits.argmax(1) != y, logits)
     ranked = logits.scatter(1, y[:, None], -math.inf).argsort(dim=1, descending=True)
     for k in range(min(n_target_classes, logits.shape[1] - 1)):
         apgd_run(
@@ -212,4 +212,4 @@ def apgd_t(
             early_stop=early_stop,
             targeted_goal=False,
         )
-    return out.x_adv
+    return out

@@ -2,16 +2,21 @@
 
 Contract of every attack: ``attack(model, x, y, *, eps, ..., target=None, seed=0, early_stop=True)``
 returns ``x_adv`` in [0, 1] inside the eps-ball around ``x``; ``x`` holds (N, 3, H, W) images in [0, 1]
-and ``model`` maps them to logits. The model's mode, weights and buffers are left as found.
+and ``model`` maps them to logits. The model's mode, weights and buffers are left as found. Called with
+``return_result=True`` it returns an :class:`AttackResult` instead: x_adv with its logits and success.
+
+An attack's body fills an :class:`Attacked` batch (recording the logits it saw at each stored point);
+:func:`attack_fn` turns that into the public return value.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from fractions import Fraction
-from typing import ParamSpec
+from dataclasses import dataclass
+from typing import Any, ParamSpec
 
 import torch
 import torch.nn.functional as F
@@ -134,23 +139,6 @@ def random_start(x: Tensor, eps: float, norm: Norm, gen: torch.Generator) -> Ten
     return project(x + delta, x, eps, norm)
 
 
-def parse_eps(s: str | float) -> float:
-    """Parse an epsilon written as "4/255", "0.0157" or "0"."""
-    try:
-        value = float(Fraction(str(s).strip()))
-    except (ValueError, ZeroDivisionError) as err:
-        raise ValueError(f"cannot parse eps {s!r}; write e.g. '4/255' or '0.0157'") from err
-    if value < 0:
-        raise ValueError(f"eps must be >= 0, got {s!r}")
-    return value
-
-
-def format_eps(eps: float) -> str:
-    """`parse_eps` reversed, for display: 4/255 rather than 0.01569 (grey levels are what people compare)."""
-    k = eps * 255
-    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:.4g}"
-
-
 # ----------------------------------------------------------------------------- gradients and bookkeeping
 
 
@@ -174,24 +162,78 @@ def keep_rows(state: dict[str, Tensor], keep: Tensor) -> dict[str, Tensor]:
     return {k: v[keep] for k, v in state.items()}
 
 
+@dataclass(frozen=True)
+class AttackResult:
+    """An attack's output as the model sees it: ``logits`` are those of ``x_adv`` (as the attack last
+    computed them, else from one forward pass) and ``success`` says per image whether the attack's goal is
+    met (prediction == target when targeted, else prediction != y)."""
+
+    x_adv: Tensor
+    logits: Tensor
+    success: Tensor
+
+
 class Attacked:
-    """The output batch: rows are written as the attack finds adversarials; ``done`` rows are frozen."""
+    """The output batch: rows are written as the attack finds adversarials; ``done`` rows are frozen.
+
+    ``logits`` holds, where ``known``, the logits the attack computed at each row's current point.
+    """
 
     def __init__(self, x: Tensor) -> None:
         self.x_adv = x.detach().clone()
         self.done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        self.logits: Tensor | None = None
+        self.known = torch.zeros_like(self.done)
 
     def pending(self) -> Tensor:
         """Indices of the images not yet successfully attacked."""
         return (~self.done).nonzero().squeeze(1)
 
-    def store(self, idx: Tensor, x_cur: Tensor, ok: Tensor | None = None) -> None:
-        """Write ``x_cur`` into rows ``idx``; with ``ok`` write only those rows and freeze them."""
+    def store(
+        self, idx: Tensor, x_cur: Tensor, ok: Tensor | None = None, logits: Tensor | None = None
+    ) -> None:
+        """Write ``x_cur`` (whose logits are ``logits``, if known) into rows ``idx``; with ``ok`` write only
+        those rows and freeze them."""
         if ok is None:
             self.x_adv[idx] = x_cur
+            self._note_logits(idx, logits)
             return
         self.x_adv[idx[ok]] = x_cur[ok]
         self.done[idx[ok]] = True
+        self._note_logits(idx[ok], None if logits is None else logits[ok])
+
+    def _note_logits(self, rows: Tensor, logits: Tensor | None) -> None:
+        if logits is None:
+            self.known[rows] = False
+            return
+        if self.logits is None:
+            self.logits = logits.new_empty(self.x_adv.shape[0], logits.shape[1])
+        self.logits[rows] = logits.detach()
+        self.known[rows] = True
+
+    def result(
+        self, model: nn.Module | Callable[[Tensor], Tensor], y: Tensor, target: Tensor | None
+    ) -> AttackResult:
+        """The AttackResult; rows whose final logits the attack never computed get one forward pass."""
+        missing = (~self.known).nonzero().squeeze(1)
+        if missing.numel() or self.logits is None:  # (None: an empty batch)
+            with torch.no_grad():
+                self._note_logits(missing, model(self.x_adv[missing]))
+        assert self.logits is not None
+        return AttackResult(self.x_adv, self.logits, success(self.logits, y, target))
+
+
+def inference_logits(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """The model's logits without autograd, as a normal tensor (inference tensors refuse later in-place
+    writes)."""
+    with torch.inference_mode():
+        out = model(x)
+    return out.clone()
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters are (CPU for a model without any)."""
+    return next(iter(model.parameters()), torch.empty(0)).device
 
 
 def generator(x: Tensor, seed: int) -> torch.Generator:
@@ -224,23 +266,47 @@ def sealed(model: nn.Module | Callable[[Tensor], Tensor], seed: int, device: tor
                     b.copy_(old)
 
 
-def attack_fn(fn: Callable[P, Tensor]) -> Callable[P, Tensor]:
-    """Apply the common contract around an attack: eps=0 returns x, the model is left untouched."""
+def attack_fn(fn: Callable[P, Attacked]) -> Callable[..., Tensor | AttackResult]:
+    """Apply the common contract around an attack body: eps=0 returns x, the model is left untouched, and
+    ``return_result=True`` gives an AttackResult."""
 
     @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Tensor:
+    def wrapper(*args: Any, return_result: bool = False, **kwargs: Any) -> Tensor | AttackResult:
         model, x = args[0], args[1]
         if not isinstance(x, Tensor) or not callable(model):
             raise TypeError("an attack is called as attack(model, x, y, *, eps, ...)")
-        eps = float(kwargs["eps"])  # type: ignore[arg-type]
+        eps = float(kwargs["eps"])
         if eps < 0:
             raise ValueError(f"eps must be >= 0, got {eps}")
-        if eps == 0:
+        if eps == 0 and not return_result:
             return x.clone()
-        with sealed(model, int(kwargs.get("seed", 0)), x.device):  # type: ignore[call-overload]
-            return fn(*args, **kwargs).detach()
+        with sealed(model, int(kwargs.get("seed", 0)), x.device):
+            out = Attacked(x) if eps == 0 else fn(*args, **kwargs)
+            if not return_result:
+                return out.x_adv
+            y = args[2] if len(args) > 2 else kwargs["y"]
+            return out.result(model, y, kwargs.get("target"))
 
+    sig = inspect.signature(fn)
+    flag = inspect.Parameter(
+        "return_result", inspect.Parameter.KEYWORD_ONLY, default=False, annotation="bool"
+    )
+    wrapper.__signature__ = sig.replace(  # type: ignore[attr-defined]
+        parameters=[*sig.parameters.values(), flag], return_annotation="Tensor | AttackResult"
+    )
     return wrapper
+
+
+def evaluated(
+    model: nn.Module | Callable[[Tensor], Tensor],
+    x_adv: Tensor,
+    y: Tensor,
+    target: Tensor | None,
+    seed: int = 0,
+) -> AttackResult:
+    """The AttackResult of an ``x_adv`` found without the model's logits (a transfer attack): one forward."""
+    with sealed(model, seed, x_adv.device):
+        return Attacked(x_adv).result(model, y, target)
 
 
 def gradient_attack(
@@ -259,7 +325,7 @@ def gradient_attack(
     random_init: bool = False,
     restarts: int = 1,
     momentum: float = 0.0,
-) -> Tensor:
+) -> Attacked:
     """Iterated projected gradient ascent shared by FGSM, PGD, MI-FGSM and CW-L2.
 
     Each step runs forward/backward only on the still-active rows. The forward of a step also tells
@@ -283,7 +349,7 @@ def gradient_attack(
             _, s["grad"], logits = loss_grad(model, s["xa"], s["y"], s.get("t"), loss_fn)
             if early_stop:
                 ok = success(logits, s["y"], s.get("t"))
-                out.store(s["idx"], s["xa"], ok)
+                out.store(s["idx"], s["xa"], ok, logits)
                 s = keep_rows(s, ~ok)
                 if s["idx"].numel() == 0:
                     break
@@ -292,8 +358,10 @@ def gradient_attack(
                 l1 = direction.abs().mean((1, 2, 3), keepdim=True) + _TINY
                 s["g"] = direction = momentum * s["g"] + direction / l1
             s["xa"] = project(s["xa"] + step_size * ascent(direction, norm), s["x0"], eps, norm)
+        logits = None  # of the final iterates: unknown unless another restart follows
         if r < restarts - 1 and s["idx"].numel():
             with torch.no_grad():
-                out.store(s["idx"], s["xa"], success(model(s["xa"]), s["y"], s.get("t")))
-        out.store(s["idx"], s["xa"])  # rows not fooled keep the latest restart's point
-    return out.x_adv
+                logits = model(s["xa"])
+            out.store(s["idx"], s["xa"], success(logits, s["y"], s.get("t")), logits)
+        out.store(s["idx"], s["xa"], logits=logits)  # rows not fooled keep the latest restart's point
+    return out

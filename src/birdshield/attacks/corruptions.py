@@ -19,6 +19,7 @@ from PIL import Image
 from torch import Tensor
 
 from .base import generator
+from .registry import CORRUPTIONS
 
 NOISE_STD = (0.04, 0.06, 0.08, 0.09, 0.10)  # additive Gaussian std in [0, 1] intensity units
 SALT_PEPPER_AMOUNT = (0.01, 0.02, 0.03, 0.05, 0.07)  # fraction of pixels set to black or white
@@ -101,8 +102,7 @@ _FUNCS: dict[str, Callable[..., Tensor]] = {
     "jpeg": jpeg,
     "brightness": brightness,
     "contrast": contrast,
-}
-CORRUPTIONS: tuple[str, ...] = tuple(_FUNCS)
+}  # keys in the order of registry.CORRUPTIONS (the torch-free list of names)
 
 
 @torch.no_grad()

@@ -7,7 +7,7 @@ import functools
 
 from torch import Tensor, nn
 
-from .base import attack_fn, generator, gradient_attack, margin_loss
+from .base import Attacked, attack_fn, generator, gradient_attack, margin_loss
 
 
 @attack_fn
@@ -23,7 +23,7 @@ def cw_l2(
     target: Tensor | None = None,
     seed: int = 0,
     early_stop: bool = True,
-) -> Tensor:
+) -> Attacked:
     """L2 PGD from ``x`` on the CW margin ``max_{j!=y} z_j - z_y`` capped at ``kappa`` (confidence).
 
     With kappa = 0 the push stops once the image is misclassified, giving minimal-looking changes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .base import attack_fn, ce_loss, check_norm, generator, gradient_attack
+from .base import Attacked, attack_fn, ce_loss, check_norm, generator, gradient_attack
 
 
 @attack_fn
@@ -18,7 +18,7 @@ def fgsm(
     target: Tensor | None = None,
     seed: int = 0,
     early_stop: bool = True,
-) -> Tensor:
+) -> Attacked:
     """One gradient step of size ``eps`` on the cross-entropy loss.
 
     Linf: ``x + eps * sign(grad)``; L2: ``x + eps * grad / ||grad||_2``. Targeted (``target`` given):

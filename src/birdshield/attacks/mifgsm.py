@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .base import attack_fn, ce_loss, check_norm, generator, gradient_attack
+from .base import Attacked, attack_fn, ce_loss, check_norm, generator, gradient_attack
 
 
 @attack_fn
@@ -21,7 +21,7 @@ def mifgsm(
     target: Tensor | None = None,
     seed: int = 0,
     early_stop: bool = True,
-) -> Tensor:
+) -> Attacked:
     """Iterative FGSM whose step follows ``g = decay * g + grad / ||grad||_1`` from ``x``.
 
     The momentum stabilises the direction, which helps the examples transfer to other models.

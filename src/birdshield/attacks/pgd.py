@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .base import attack_fn, check_norm, generator, get_loss, gradient_attack
+from .base import Attacked, attack_fn, check_norm, generator, get_loss, gradient_attack
 
 
 @attack_fn
@@ -24,7 +24,7 @@ def pgd(
     target: Tensor | None = None,
     seed: int = 0,
     early_stop: bool = True,
-) -> Tensor:
+) -> Attacked:
     """Iterated gradient steps projected back onto the eps-ball (Linf or L2) and [0, 1].
 
     Args:

@@ -44,10 +44,10 @@ def _propose(delta: Tensor, side: int, eps: float, gen: torch.Generator) -> Tens
     return new
 
 
-def _score(model: nn.Module, s: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """Query the model at x0 + delta: (margin to maximise, success)."""
+def _score(model: nn.Module, s: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """Query the model at x0 + delta: (margin to maximise, success, logits)."""
     logits = model((s["x0"] + s["delta"]).clamp(0, 1))
-    return margin_loss(logits, s["y"], s.get("t")), success(logits, s["y"], s.get("t"))
+    return margin_loss(logits, s["y"], s.get("t")), success(logits, s["y"], s.get("t")), logits
 
 
 @attack_fn
@@ -63,7 +63,7 @@ def square(
     target: Tensor | None = None,
     seed: int = 0,
     early_stop: bool = True,
-) -> Tensor:
+) -> Attacked:
     """Random search over square-shaped Linf perturbations; needs no gradients.
 
     Starts from vertical stripes of +-eps, then each query repaints one random square (side
@@ -78,20 +78,21 @@ def square(
     if target is not None:
         s["t"] = target
     s["delta"] = eps * _signs((n, c, 1, w), gen, x).expand(n, c, h, w).contiguous()
-    s["score"], s["ok"] = _score(model, s)
+    s["score"], s["ok"], s["logits"] = _score(model, s)
     for it in range(1, n_queries):
         if early_stop:
-            out.store(s["idx"], (s["x0"] + s["delta"]).clamp(0, 1), s["ok"])
+            out.store(s["idx"], (s["x0"] + s["delta"]).clamp(0, 1), s["ok"], s["logits"])
             s = keep_rows(s, ~s["ok"])
             if s["idx"].numel() == 0:
                 break
         p = p_schedule(p_init, it, n_queries)
         side = min(max(round(math.sqrt(p * h * w)), 1), min(h, w) - 1)
         trial = dict(s, delta=_propose(s["delta"], side, eps, gen))
-        score, ok = _score(model, trial)
+        score, ok, logits = _score(model, trial)
         better = score > s["score"]
         s["delta"] = torch.where(better.view(-1, 1, 1, 1), trial["delta"], s["delta"])
         s["score"] = torch.where(better, score, s["score"])
         s["ok"] = torch.where(better, ok, s["ok"])
-    out.store(s["idx"], (s["x0"] + s["delta"]).clamp(0, 1))
-    return out.x_adv
+        s["logits"] = torch.where(better.view(-1, 1), logits, s["logits"])
+    out.store(s["idx"], (s["x0"] + s["delta"]).clamp(0, 1), logits=s["logits"])
+    return out

@@ -8,6 +8,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from .base import AttackResult, evaluated
+from .registry import get_attack
+
 
 def transfer(
     model: nn.Module,
@@ -17,18 +20,21 @@ def transfer(
     surrogate: nn.Module,
     attack: str | Callable[..., Tensor] = "pgd",
     eps: float,
+    return_result: bool = False,
     **params: Any,
-) -> Tensor:
+) -> Tensor | AttackResult:
     """Run ``attack`` (a registry name or an attack function) on ``surrogate`` and return its x_adv.
 
     ``model`` is the target and is not used: the point is to measure what transfers. ``params`` go to
     the attack (``norm``, ``steps``, ``target``, ``seed``, ...). ``early_stop`` defaults to False here,
     because stopping as soon as the surrogate is fooled leaves perturbations that transfer poorly.
+    ``return_result=True`` queries ``model`` once, for the AttackResult's logits.
     """
-    from . import get_attack  # the registry imports this module
-
     fn = get_attack(attack) if isinstance(attack, str) else attack
     if fn is transfer:
         raise ValueError("transfer cannot craft on a surrogate with itself")
     params.setdefault("early_stop", False)
-    return fn(surrogate, x, y, eps=eps, **params)
+    x_adv = fn(surrogate, x, y, eps=eps, **params)
+    if not return_result:
+        return x_adv
+    return evaluated(model, x_adv, y, params.get("target"), int(params.get("seed", 0)))

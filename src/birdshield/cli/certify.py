@@ -53,28 +53,30 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from .. import data, models
-    from ..evaluation import certify_to_dir
+    from ..defenses.smoothing import check_params
+    from ..evaluation import certify_to_dir, prepare_out_dir
+    from ..reporting.markdown import certify_table
     from ..runtime import tune_cpu_allocator
 
+    params = {"sigma": args.sigma, "n0": args.selection_samples, "n": args.samples, "alpha": args.alpha}
+    with options.usage_errors():
+        check_params(**params, batch_size=args.batch_size)
+    prepare_out_dir(args.out)  # an unwritable --out fails now, not after the certification
     tune_cpu_allocator()
     model = models.load_for_inference(args.run_dir, args.device)
     samples = data.samples_for_model(data.discover(args.data), args.split, model.class_names)
     samples = data.stratified_subset(samples, args.n_images, args.seed)
-    source = {"run": str(args.run_dir), "data": str(args.data), "split": args.split}
-    with options.usage_errors():  # bad sigma, samples, alpha or batch size
-        result = certify_to_dir(
-            model,
-            samples,
-            args.out,
-            sigma=args.sigma,
-            n0=args.selection_samples,
-            n=args.samples,
-            alpha=args.alpha,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            resume=args.resume,
-            source=source,
-        )
-    print(result["table"], end="")
+    header = {"run": str(args.run_dir), "data": str(args.data), "split": args.split}
+    result = certify_to_dir(
+        model,
+        samples,
+        args.out,
+        **params,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        resume=args.resume,
+        header=header,
+    )
+    print(certify_table(result), end="")
     print(f"-> {Path(args.out) / 'certify.json'}", file=sys.stderr)
     return 0

@@ -29,31 +29,17 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import data, models
-    from ..evaluation import evaluate_to_dir
+    from .. import models
     from ..evaluation.config import PRESETS
-    from ..reporting import format_summary
-    from ..runtime import stage_progress
     from ..training import config_from_options, train
+    from .evaluate import evaluate_and_print
 
     run_dir, report_dir = Path(args.out) / "run", Path(args.out) / "report"
     print(f"== 1/2 train -> {run_dir}", flush=True)
     train(config_from_options(args.data, str(run_dir), epochs=args.epochs))
     print(f"== 2/2 evaluate --quick -> {report_dir}", flush=True)
     model = models.load_for_inference(run_dir)
-    samples = data.samples_for_model(data.discover(args.data), "test", model.class_names)
     cfg = dataclasses.replace(PRESETS["quick"], n=args.n_images)
-    with stage_progress("evaluate") as on_progress:
-        report = evaluate_to_dir(
-            model,
-            samples,
-            cfg,
-            report_dir,
-            source={"run_dir": str(run_dir), "split": "test"},
-            on_progress=on_progress,
-        )
-    print(format_summary(report))
-    print(
-        f"\nreport: {report_dir / 'report.md'} (plots: accuracy_vs_eps.png, examples.png; model: {run_dir})"
-    )
+    evaluate_and_print(model, args.data, "test", cfg, str(report_dir), run_dir=run_dir)
+    print(f"plots: accuracy_vs_eps.png, examples.png beside the report; model: {run_dir}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..defenses.specs import TRANSFORM_NAMES
@@ -84,9 +85,8 @@ def _attack_names() -> str:
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """EvalConfig fields the user set; UsageError for bad names or numbers."""
-    from ..attacks.corruptions_spec import CORRUPTIONS
     from ..attacks.eps import parse_eps
-    from ..attacks.registry import get_spec
+    from ..attacks.registry import CORRUPTIONS, get_spec
     from ..evaluation.config import DEFAULT_L2_EPS
 
     o: dict[str, Any] = {"independent": args.independent}
@@ -129,16 +129,16 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import data, models
+    from .. import models
     from ..defenses import Defended, make_defense
-    from ..evaluation import evaluate_to_dir
+    from ..evaluation import prepare_out_dir
     from ..evaluation.config import PRESETS
-    from ..reporting import format_summary
-    from ..runtime import stage_progress, tune_cpu_allocator
+    from ..runtime import tune_cpu_allocator
 
     overrides = config_overrides(args)  # every option is checked before the model is loaded
     with options.usage_errors():
         transform = make_defense(args.defense, args.defense_param)
+    prepare_out_dir(args.out)  # an unwritable --out fails now, not after the evaluation
     tune_cpu_allocator()  # 2-3x faster CPU forward/backward; must come before the big allocations
     model = models.load_for_inference(args.run_dir, args.device)
     if transform is not None:
@@ -146,14 +146,32 @@ def run(args: argparse.Namespace) -> int:
     if args.surrogate:
         overrides["surrogate"] = models.load_for_inference(args.surrogate, args.device)
     cfg = dataclasses.replace(PRESETS[args.eval_preset], **overrides)
-    samples = data.samples_for_model(data.discover(args.data), args.split, model.class_names)
-    source = {"run_dir": str(args.run_dir), "split": args.split, "surrogate": args.surrogate}
+    evaluate_and_print(
+        model,
+        args.data,
+        args.split,
+        cfg,
+        args.out,
+        resume=args.resume,
+        run_dir=args.run_dir,
+        surrogate_dir=args.surrogate,
+    )
+    return 0
+
+
+def evaluate_and_print(model: Any, data_root: str, split: str, cfg: Any, out: str, **kwargs: Any) -> dict:
+    """Evaluate `model` on a split of `data_root` into the report folder `out`, with a progress bar; print
+    the summary and where the report is (`evaluate` and `demo`)."""
+    from .. import data
+    from ..evaluation import evaluate_to_dir
+    from ..reporting.markdown import format_summary
+    from ..runtime import stage_progress
+
+    samples = data.samples_for_model(data.discover(data_root), split, model.class_names)
     with stage_progress("evaluate") as on_progress:
-        report = evaluate_to_dir(
-            model, samples, cfg, args.out, source=source, resume=args.resume, on_progress=on_progress
-        )
+        report = evaluate_to_dir(model, samples, cfg, out, split=split, on_progress=on_progress, **kwargs)
     print(format_summary(report))
     for bad in report["bad_images"]:
         print(f"  unreadable, left out: {bad['path']}: {bad['error']}", file=sys.stderr)
-    print(f"\n{report['n']} images in {report['seconds']:.0f} s; report: {args.out}/report.md")
-    return 0
+    print(f"\n{report['n']} images in {report['seconds']:.0f} s; report: {Path(out) / 'report.md'}")
+    return report

@@ -110,7 +110,7 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--preset",
         choices=sorted(PRESETS),
         help="named recipe; explicit options still win: "
-        + "; ".join(f"{name}: {doc}" for name, (doc, _) in sorted(PRESETS.items())),
+        + "; ".join(f"{name}: {preset.doc}" for name, preset in sorted(PRESETS.items())),
     )
     g.add_argument(
         "--adv",
@@ -157,7 +157,7 @@ def _eps(text: str) -> float:
 
 def apply_preset(parser: argparse.ArgumentParser, name: str) -> None:
     """A preset changes the train command's defaults, so options given explicitly still win."""
-    parser.set_defaults(**PRESETS[name][1])
+    parser.set_defaults(**PRESETS[name].overrides)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from .. import data
 from ..models import CheckpointError, Classifier, create_model, save_checkpoint
-from ..report import plot_training_curves
+from ..reporting.plots import plot_training_curves
 from ..runtime import atomic_write_bytes, progress, tune_cpu_allocator
 from .augment import augment
 from .batches import autocast, make_loader, to_device

@@ -1,44 +1,16 @@
-"""Plots and human-readable reports (PNG via matplotlib's non-interactive backend)."""
+"""Human-readable reports in Markdown: the evaluation's report.md and printed summary, and certify's table.
+
+Pure text from the report dicts (no torch, no matplotlib).
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import matplotlib
+from ..attacks.eps import format_eps
+from ..attacks.registry import get_spec
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .attacks.base import format_eps  # noqa: E402
-from .runtime import atomic_write_bytes, atomic_write_json  # noqa: E402
-
-
-def plot_training_curves(history: list[dict], path: Path) -> None:
-    """Accuracy and loss per epoch, train vs valid (plus the robust metrics when the run records them).
-
-    Under adversarial training, the train curves are measured on the adversarial training examples.
-    """
-    epochs = [h["epoch"] for h in history]
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
-    for split in ("train", "valid"):
-        ax_acc.plot(epochs, [100 * h[f"{split}_accuracy"] for h in history], marker="o", label=split)
-        ax_loss.plot(epochs, [h[f"{split}_loss"] for h in history], marker="o", label=split)
-    for key, label in (("valid_robust_accuracy", "valid, PGD"), ("train_pgd_accuracy", "train batch, PGD")):
-        if key in history[-1]:
-            ax_acc.plot(epochs, [100 * h.get(key, float("nan")) for h in history], marker="s", label=label)
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
-    for ax in (ax_acc, ax_loss):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-# ------------------------------------------------------------------------------------------- robustness
+DEFAULT_RADII = (0.0, 0.125, 0.25, 0.375, 0.5, 0.75, 1.0)  # certify's table rows (always on its curve)
 
 
 def _pct(x: float) -> str:
@@ -127,9 +99,10 @@ def report_markdown(report: dict[str, Any], plots: list[str]) -> str:
 def _attacks_text(report: dict[str, Any]) -> str:
     cfg, parts = report["config"], []
     for a in dict.fromkeys(r["attack"] for r in report["results"]):
-        if a == "square":
-            parts.append(f"square ({cfg['square_queries']} queries)")
-        elif a == "fgsm":
+        options = get_spec(a).options
+        if "n_queries" in options:
+            parts.append(f"{a} ({cfg['square_queries']} queries)")
+        elif "steps" not in options:
             parts.append(a)
         else:
             restarts = f" x{cfg['restarts']} restarts" if a == "pgd" and cfg["restarts"] > 1 else ""
@@ -155,64 +128,23 @@ def _detail_table(report: dict[str, Any]) -> list[str]:
     return _table(["attack", "eps", "images attacked", "newly fooled", "seconds"], rows)
 
 
-def plot_accuracy_vs_eps(report: dict[str, Any], path: Path) -> None:
-    """Accuracy vs eps: each attack (thin), the ensemble (thick), clean accuracy as a dashed line."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    norm = report["ensemble"][0]["norm"]
-    scale = 255 if norm == "linf" else 1  # Linf eps read in grey levels
-    eps = [e["eps"] * scale for e in report["ensemble"]]
-    for attack in dict.fromkeys(r["attack"] for r in report["results"]):
-        ys = [100 * r["robust_accuracy"] for r in report["results"] if r["attack"] == attack]
-        ax.plot(eps, ys, marker=".", alpha=0.7, label=attack)
-    ax.plot(eps, [100 * e["robust_accuracy"] for e in report["ensemble"]], "k-o", lw=2.5, label="ensemble")
-    ax.axhline(100 * report["clean_accuracy"], color="grey", ls="--", label="clean")
-    mode = "each attack alone" if report["config"].get("independent") else "cascade: attacks cumulative"
-    unit = " x 1/255" if scale == 255 else ""
-    ax.set(
-        xlabel=f"eps ({norm}{unit})", ylabel="accuracy (%)", ylim=(-2, 102), title=f"Robust accuracy ({mode})"
-    )
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+# ------------------------------------------------------------------------------------------- certify
 
 
-def plot_examples(examples: list[dict[str, Any]], path: Path) -> None:
-    """Per example: original, perturbation (scaled to full contrast so it is visible), adversarial image."""
-    fig, axes = plt.subplots(len(examples), 3, figsize=(9, 3.2 * len(examples)), squeeze=False)
-    for row, ex in zip(axes, examples, strict=True):
-        delta = ex["x_adv"] - ex["x"]
-        scale = float(delta.abs().max()) or 1.0
-        images = [ex["x"], delta / (2 * scale) + 0.5, ex["x_adv"]]
-        titles = [
-            f"{ex['clean'][0]} ({_pct(ex['clean'][1])})\ntrue: {ex['label']}",
-            f"perturbation x{0.5 / scale:.0f}\neps {format_eps(ex['eps'])}",
-            f"{ex['adv'][0]} ({_pct(ex['adv'][1])})\nadversarial"
-            + ("" if ex["adv"][0] != ex["label"] else " (not fooled)"),
-        ]
-        for ax, img, title in zip(row, images, titles, strict=True):
-            ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy())
-            ax.set_title(title, fontsize=8)
-            ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def write_report(
-    report: dict[str, Any], out_dir: str | Path, examples: list[dict[str, Any]] | None = None
-) -> Path:
-    """Write report.json, report.md, accuracy_vs_eps.png and (with examples) examples.png; -> report.md."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "report.json", report)
-    plots = []
-    if report["results"]:
-        plot_accuracy_vs_eps(report, out / "accuracy_vs_eps.png")
-        plots.append("accuracy_vs_eps.png")
-    if examples:
-        plot_examples(examples, out / "examples.png")
-        plots.append("examples.png")
-    atomic_write_bytes(out / "report.md", report_markdown(report, plots).encode())
-    return out / "report.md"
+def certify_table(result: dict[str, Any]) -> str:
+    """Markdown: parameters and certified accuracy at the standard radii."""
+    curve = {row["radius"]: row["accuracy"] for row in result["certified_accuracy"]}
+    lines = [
+        f"Randomized smoothing: sigma={result['sigma']}, n0={result['n0']}, n={result['n']}, "
+        f"alpha={result['alpha']}, {result['n_images']} images "
+        f"({result['n_unreadable']} unreadable skipped)",
+        "",
+        f"- base model clean accuracy: {100 * result['clean_accuracy_of_base_model']:.1f}%",
+        f"- abstained: {100 * result['abstain_rate']:.1f}%",
+        f"- time: {result['seconds_per_image']:.3f} s per image",
+        "",
+        "| L2 radius | certified accuracy |",
+        "|---:|---:|",
+    ]
+    lines += [f"| {r:.3f} | {100 * curve[r]:.1f}% |" for r in DEFAULT_RADII]
+    return "\n".join(lines) + "\n"

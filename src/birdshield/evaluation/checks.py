@@ -1,0 +1,102 @@
+"""Sanity checks of an evaluation: each flag is a known symptom of a broken or gradient-masked evaluation.
+
+The first chunk's model checks (gradients, stochasticity) go into ``Tally.flags``; ``final_flags`` adds
+the checks on the totals."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..attacks.base import inference_logits, margin_loss
+from ..attacks.eps import format_eps
+from ..attacks.registry import get_spec
+from .cascade import Tally
+from .config import EvalConfig
+
+
+def gradient_flags(model: nn.Module, x: Tensor, y: Tensor) -> list[dict[str, str]]:
+    """Input gradients of the clean loss: non-finite or exactly zero ones make gradient attacks blind."""
+    xg = x.detach().clone().requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            logits = model(xg)
+            (g_ce,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), xg, retain_graph=True)
+            (g_m,) = torch.autograd.grad(margin_loss(logits, y).sum(), xg)
+    except RuntimeError as e:  # the output does not depend differentiably on the input at all
+        return [
+            {"flag": "no input gradient", "detail": f"cannot differentiate the model w.r.t. its input: {e}"}
+        ]
+    flags = []
+    if not (torch.isfinite(g_ce).all() and torch.isfinite(g_m).all()):
+        flags.append({"flag": "non-finite gradients", "detail": "NaN/inf input gradients on clean images"})
+    zero_ce = (g_ce.flatten(1) == 0).all(1)
+    if zero_ce.any():
+        zero_m = int(((g_m.flatten(1) == 0).all(1) & zero_ce).sum())
+        flags.append(
+            {
+                "flag": "zero gradients",
+                "detail": f"cross-entropy input gradient is exactly zero for {int(zero_ce.sum())}/{len(y)} "
+                f"clean images ({zero_m} also for the logit margin): a non-differentiable input step "
+                "(quantisation, JPEG), or saturated softmax; gradient attacks get no signal there "
+                "(gradient masking). Rely on black-box results and BPDA/EOT-style attacks.",
+            }
+        )
+    return flags
+
+
+def stochastic_flag(model: nn.Module, x: Tensor) -> list[dict[str, str]]:
+    a, b = inference_logits(model, x), inference_logits(model, x)
+    if torch.allclose(a, b, rtol=1e-4, atol=1e-5):
+        return []
+    changed = int((a.argmax(1) != b.argmax(1)).sum())
+    return [
+        {
+            "flag": "stochastic model",
+            "detail": f"two identical calls gave different logits (max |diff| {(a - b).abs().max():.3g}, "
+            f"{changed}/{len(x)} predictions changed): accuracies are noisy and single-sample gradients "
+            "understate attacks; evaluate with EOT (gradients averaged over many calls).",
+        }
+    ]
+
+
+def final_flags(tally: Tally, cfg: EvalConfig, plan: Sequence[str]) -> list[dict[str, str]]:
+    """Checks on the totals (after the first chunk's flags in ``tally.flags``)."""
+    flags = list(tally.flags)
+    eps = sorted(cfg.eps)
+    for lo, hi in zip(eps, eps[1:], strict=False):
+        if tally.ensemble[hi] > tally.ensemble[lo]:
+            flags.append(
+                {
+                    "flag": "robust accuracy rises with eps",
+                    "detail": f"ensemble {tally.ensemble[lo]}/{tally.n} at {format_eps(lo)} but "
+                    f"{tally.ensemble[hi]}/{tally.n} at {format_eps(hi)}: attacks are not converging",
+                }
+            )
+    limit = max(1, 0.02 * tally.n)
+    black_box = [get_spec(a).black_box for a in plan]
+    compared = any(black_box) and not all(black_box)
+    for e in eps:
+        if compared and tally.black_box_only[e] > limit:
+            flags.append(
+                {
+                    "flag": "possible gradient masking",
+                    "detail": f"at {format_eps(e)} black-box attacks fooled {tally.black_box_only[e]} images "
+                    "that every white-box attack missed",
+                }
+            )
+    worst = max([tally.ensemble[e] for e in eps] + [r.robust for r in tally.attacks.values()], default=0)
+    if worst > tally.clean:
+        flags.append({"flag": "robust above clean", "detail": f"{worst} robust > {tally.clean} clean images"})
+    for (e, name), rec in tally.attacks.items():
+        if rec.outside_ball:
+            flags.append(
+                {
+                    "flag": "perturbation outside the eps-ball",
+                    "detail": f"{name} at {format_eps(e)}: {rec.outside_ball} images beyond {cfg.norm} eps",
+                }
+            )
+    return flags

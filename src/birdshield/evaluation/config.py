@@ -1,0 +1,61 @@
+"""What an evaluation measures: EvalConfig and its presets. Torch-free: the CLI reads the defaults cheaply."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..attacks.registry import CORRUPTIONS
+
+if TYPE_CHECKING:
+    from torch import nn
+
+DEFAULT_L2_EPS = (0.25, 0.5, 1.0)  # used when --norm l2 is asked for without --eps
+N_EXAMPLES = 4
+ProgressFn = Callable[[str, int, int | None], None]  # (stage, images done, total images or None)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What to measure. ``steps`` maps attack name -> iterations (``default_steps`` for the others)."""
+
+    attacks: tuple[str, ...] = ("fgsm", "pgd", "apgd-ce", "square")
+    eps: tuple[float, ...] = (1 / 255, 2 / 255, 4 / 255)
+    norm: str = "linf"
+    steps: dict[str, int] = field(default_factory=lambda: {"pgd": 10, "apgd-ce": 20})
+    default_steps: int = 10
+    restarts: int = 1  # PGD random restarts (APGD keeps one run, as AutoAttack's standard version)
+    square_queries: int = 200
+    n_target_classes: int = 9  # APGD-T: top wrong classes tried as targets
+    n: int | None = None  # seeded, stratified subset of the samples; None = all
+    seed: int = 0
+    batch_size: int = 32
+    corruptions: tuple[str, ...] = CORRUPTIONS
+    severities: tuple[int, ...] = (1, 3, 5)
+    noise_std: tuple[float, ...] = (0.05, 0.1, 0.2)  # extra gaussian_noise entries at these explicit stds
+    surrogate: nn.Module | None = None  # crafts the "transfer" attack; None = no transfer attack
+    independent: bool = False
+
+
+# quick: sized for a CPU (150 brittle lite0 images at 224 px in a few minutes on 2 cores; early stop makes
+# brittle models cheap). full: AutoAttack-strength, meant for a GPU.
+PRESETS: dict[str, EvalConfig] = {
+    "quick": EvalConfig(),
+    "full": EvalConfig(
+        attacks=("fgsm", "pgd", "apgd-ce", "apgd-t", "square"),
+        eps=(1 / 255, 2 / 255, 4 / 255, 8 / 255),
+        steps={"pgd": 50, "apgd-ce": 100, "apgd-t": 100},
+        restarts=5,
+        square_queries=5000,
+    ),
+}
+
+
+def config_dict(cfg: EvalConfig) -> dict[str, Any]:
+    """The config as JSON data (the surrogate given as its architecture name)."""
+    out = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    sur = cfg.surrogate
+    out["surrogate"] = None if sur is None else getattr(sur, "meta", {}).get("arch", type(sur).__name__)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}

@@ -1,0 +1,97 @@
+"""The evaluation report: a JSON-ready dict built from the tallies alone.
+
+Report schema (``evaluate`` returns it; ``reporting.write_evaluate_report`` stores it as ``report.json``)::
+
+    model:          {run_dir, arch, classes, defense}: run_dir is filled in by the caller; defense is
+                    the input transform attacked through with BPDA (``Defended``), or None
+    split:          dataset split name or None
+    n:              images evaluated (readable ones)
+    clean_accuracy: fraction of the n images classified correctly
+    trained_against: the run's recorded {adversarial: {method, eps, ...}, noise_max, noise_sigma}
+                    (rebuilt from older runs' training config; None without training metadata)
+    corruptions:    [{name, severity, std, label, accuracy}]  severity None when an explicit noise std is
+                    used; label e.g. "jpeg severity=3" or "gaussian_noise std=0.1"
+    results:        [{attack, norm, eps, robust_accuracy, fooled, n_attacked, n, seconds}] per eps, in
+                    cascade order. Cascade: robust_accuracy = fraction of all n images still correct after
+                    this attack and every earlier one; fooled = images newly fooled by this attack;
+                    n_attacked = images it ran on (the survivors of the previous attack). Independent mode:
+                    every attack runs on all clean-correct images and robust_accuracy is its own.
+    ensemble:       [{norm, eps, robust_accuracy}] worst case per image over all attacks
+    flags:          [{flag, detail}] sanity checks that failed (see ``checks``); [] when none
+    skipped:        [{attack, reason}] requested attacks that cannot run here (wrong norm, too few classes)
+    bad_images:     [{path, error}] unreadable files left out of n
+    config:         the EvalConfig used (surrogate given as its architecture name, or its run directory)
+    seconds:        wall time of the whole evaluation (summed over resumed sessions)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .cascade import Tally, corruption_specs
+from .checks import final_flags
+from .config import EvalConfig, config_dict
+
+
+def trained_against(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """What the run was trained against: its recorded ``trained_against``, or the same summary rebuilt
+    from an older run's training config (no adversarial training then). None without training metadata."""
+    if isinstance(meta.get("trained_against"), dict):
+        return meta["trained_against"]
+    training = meta.get("training")
+    if not isinstance(training, dict):
+        return None
+    augment = training.get("augment") or {}
+    return {
+        "adversarial": {"method": "none"},
+        "noise_max": augment.get("noise_max", 0.0),
+        "noise_sigma": augment.get("noise_sigma", 0.0),
+    }
+
+
+def build_report(
+    tally: Tally, cfg: EvalConfig, model: nn.Module, plan: list[str], skipped: list, seconds: float
+) -> dict[str, Any]:
+    n = tally.n
+    meta = getattr(model, "meta", {})
+    classes = getattr(model, "class_names", None)
+    results = [
+        {
+            "attack": name,
+            "norm": cfg.norm,
+            "eps": e,
+            "robust_accuracy": tally.attacks[(e, name)].robust / n,
+            "fooled": tally.attacks[(e, name)].fooled,
+            "n_attacked": tally.attacks[(e, name)].n_attacked,
+            "n": n,
+            "seconds": round(tally.attacks[(e, name)].seconds, 3),
+        }
+        for e in cfg.eps
+        for name in plan
+    ]
+    corruptions = [
+        {k: s[k] for k in ("name", "severity", "std", "label")} | {"accuracy": tally.corrupt[s["label"]] / n}
+        for s in corruption_specs(cfg)
+    ]
+    return {
+        "model": {
+            "run_dir": None,
+            "arch": meta.get("arch"),
+            "classes": len(classes) if classes else None,
+            "defense": meta.get("defense"),
+        },
+        "split": None,
+        "n": n,
+        "clean_accuracy": tally.clean / n,
+        "trained_against": trained_against(meta),
+        "corruptions": corruptions,
+        "results": results,
+        "ensemble": [{"norm": cfg.norm, "eps": e, "robust_accuracy": tally.ensemble[e] / n} for e in cfg.eps],
+        "flags": final_flags(tally, cfg, plan),
+        "skipped": skipped,
+        "bad_images": [],
+        "config": config_dict(cfg),
+        "seconds": round(seconds, 2),
+    }

@@ -1,0 +1,133 @@
+"""Every plot birdshield writes, in one style: the same dpi, font sizes and grid; written atomically as PNG.
+
+Figures are plain ``matplotlib.figure.Figure`` objects (no pyplot, so no global figure state or backend).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+from matplotlib.figure import Figure
+
+from ..attacks.eps import format_eps
+from ..runtime import atomic_write_bytes
+
+DPI = 100
+_STYLE = {
+    "font.size": 9,
+    "axes.titlesize": 9,
+    "axes.labelsize": 9,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "legend.fontsize": 8,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+}
+
+
+@contextmanager
+def _figure(
+    path: str | Path, figsize: tuple[float, float], nrows: int = 1, ncols: int = 1, squeeze: bool = True
+) -> Iterator[Any]:
+    """Yield the axes of a new figure in the house style (as ``Figure.subplots`` returns them); on leaving
+    the block, lay it out and save it to ``path``."""
+    with matplotlib.rc_context(_STYLE):
+        fig = Figure(figsize=figsize)
+        yield fig.subplots(nrows, ncols, squeeze=squeeze)
+        fig.tight_layout()
+        _save(fig, path)
+
+
+def _save(fig: Figure, path: str | Path) -> None:
+    """PNG bytes written atomically: a kill mid-write never leaves a truncated image."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def plot_training_curves(history: list[dict], path: str | Path) -> None:
+    """Accuracy and loss per epoch, train vs valid (plus the robust metrics when the run records them).
+
+    Under adversarial training, the train curves are measured on the adversarial training examples.
+    """
+    epochs = [h["epoch"] for h in history]
+    with _figure(path, (10, 4), 1, 2) as (ax_acc, ax_loss):
+        for split in ("train", "valid"):
+            ax_acc.plot(epochs, [100 * h[f"{split}_accuracy"] for h in history], marker="o", label=split)
+            ax_loss.plot(epochs, [h[f"{split}_loss"] for h in history], marker="o", label=split)
+        for key, label in (
+            ("valid_robust_accuracy", "valid, PGD"),
+            ("train_pgd_accuracy", "train batch, PGD"),
+        ):
+            if key in history[-1]:
+                ys = [100 * h.get(key, float("nan")) for h in history]
+                ax_acc.plot(epochs, ys, marker="s", label=label)
+        ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+        ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
+        ax_acc.legend()
+        ax_loss.legend()
+
+
+def plot_accuracy_vs_eps(report: dict[str, Any], path: str | Path) -> None:
+    """Accuracy vs eps: each attack (thin), the ensemble (thick), clean accuracy as a dashed line."""
+    norm = report["ensemble"][0]["norm"]
+    scale = 255 if norm == "linf" else 1  # Linf eps read in grey levels
+    eps = [e["eps"] * scale for e in report["ensemble"]]
+    mode = "each attack alone" if report["config"].get("independent") else "cascade: attacks cumulative"
+    unit = " x 1/255" if scale == 255 else ""
+    with _figure(path, (6, 4)) as ax:
+        for attack in dict.fromkeys(r["attack"] for r in report["results"]):
+            ys = [100 * r["robust_accuracy"] for r in report["results"] if r["attack"] == attack]
+            ax.plot(eps, ys, marker=".", alpha=0.7, label=attack)
+        ensemble = [100 * e["robust_accuracy"] for e in report["ensemble"]]
+        ax.plot(eps, ensemble, "k-o", lw=2.5, label="ensemble")
+        ax.axhline(100 * report["clean_accuracy"], color="grey", ls="--", label="clean")
+        ax.set(
+            xlabel=f"eps ({norm}{unit})",
+            ylabel="accuracy (%)",
+            ylim=(-2, 102),
+            title=f"Robust accuracy ({mode})",
+        )
+        ax.legend()
+
+
+def plot_examples(examples: list[dict[str, Any]], path: str | Path) -> None:
+    """Per example: original, perturbation (scaled to full contrast so it is visible), adversarial image."""
+    with _figure(path, (9, 3.2 * len(examples)), len(examples), 3, squeeze=False) as axes:
+        for row, ex in zip(axes, examples, strict=True):
+            delta = ex["x_adv"] - ex["x"]
+            scale = float(delta.abs().max()) or 1.0
+            images = [ex["x"], delta / (2 * scale) + 0.5, ex["x_adv"]]
+            titles = [
+                f"{ex['clean'][0]} ({_pct(ex['clean'][1])})\ntrue: {ex['label']}",
+                f"perturbation x{0.5 / scale:.0f}\neps {format_eps(ex['eps'])}",
+                f"{ex['adv'][0]} ({_pct(ex['adv'][1])})\nadversarial"
+                + ("" if ex["adv"][0] != ex["label"] else " (not fooled)"),
+            ]
+            for ax, img, title in zip(row, images, titles, strict=True):
+                ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy())
+                ax.set_title(title)
+                ax.axis("off")
+
+
+def plot_certified(result: dict[str, Any], path: str | Path) -> None:
+    """Certified accuracy vs L2 radius as a step curve."""
+    curve = result["certified_accuracy"]
+    with _figure(path, (5, 4)) as ax:
+        radii = [row["radius"] for row in curve]
+        ax.plot(radii, [100 * row["accuracy"] for row in curve], drawstyle="steps-pre")
+        ax.set(
+            xlabel="L2 radius (pixel units of [0,1] images)",
+            ylabel="certified accuracy (%)",
+            title=f"Randomized smoothing, sigma = {result['sigma']}",
+            ylim=(0, 100),
+        )
