@@ -39,6 +39,11 @@ def tune_cpu_allocator() -> bool:
     return ok
 
 
+def set_threads(n: int) -> None:
+    """CPU threads for torch's intra-op work (fewer than the cores on a CPU busy with other processes)."""
+    torch.set_num_threads(n)
+
+
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

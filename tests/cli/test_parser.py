@@ -65,10 +65,11 @@ def test_abbreviations_are_refused(capsys):
     assert e.value.code == 2
 
 
-def test_a_user_error_is_one_line_and_exit_2(tmp_path: Path, capsys):
+def test_a_user_error_is_a_message_without_traceback_and_exit_2(tmp_path: Path, capsys):
     assert main(["data", "check", str(tmp_path / "missing")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("birdshield data: error:") and "missing" in err[0]
+    err = capsys.readouterr().err
+    assert err.startswith("birdshield data: error:") and "missing" in err.splitlines()[0]
+    assert "Traceback" not in err
 
 
 def test_a_bad_option_value_is_one_line_and_exit_2(tmp_path: Path, capsys):

@@ -28,7 +28,7 @@ def build_parser(train_preset: str | None = None) -> argparse.ArgumentParser:
         parents=[options.process_options()],
     )
     parser.add_argument("--version", action="version", version=f"birdshield {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to do")
     for module in COMMANDS:
         command = module.add(sub)
         if module is train and train_preset:
@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "preset", None):  # a preset changes the defaults; explicit options still win
         args = build_parser(args.preset).parse_args(argv)
     if args.threads > 0:
-        import torch
+        from ..runtime import set_threads
 
-        torch.set_num_threads(args.threads)
+        set_threads(args.threads)
     try:
         return args.handler(args)
     except _user_errors() as e:

@@ -10,7 +10,7 @@ from . import options
 
 def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = options.command(sub, "data", help="dataset tools", description="Dataset tools.")
-    dsub = p.add_subparsers(dest="data_command", required=True, metavar="TOOL")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="TOOL", help="which tool")
     c = options.command(
         dsub,
         "check",

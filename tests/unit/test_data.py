@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import pickle
 import struct
 import warnings
@@ -14,15 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import BIRDS_MINI
 from PIL import Image, ImageEnhance
 
 from birdshield import data
 from birdshield.data import BadImageError, DataError, Sample
 from birdshield.data.check import _near_pairs
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("BIRDSHIELD_SHARED", REPO.parent / "shared"))
-BIRDS_MINI = SHARED / "data" / "birds-mini"
 ODD_NAMES = ["BLACK & YELLOW bROADBILL", "MIKADO  PHEASANT", "ZEBRA DOVE"]
 
 
