@@ -227,7 +227,7 @@ def test_evaluate_samples_skips_bad_images(tiny_run: Path, tiny_data: Path, tmp_
 def test_evaluate_cli(tiny_run: Path, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "report"
     argv = ["evaluate", str(tiny_run), str(tiny_data), "--out", str(out), "--attacks", "fgsm,pgd,square"]
-    argv += ["--eps", "0,2/255,8/255", "--steps", "3", "--square-queries", "20", "--n", "9"]
+    argv += ["--eps", "0,2/255,8/255", "--steps", "3", "--square-queries", "20", "--n-images", "9"]
     argv += ["--corruptions", "gaussian_noise", "--severities", "1", "--noise-std", "0.1"]
     assert main([*argv, "--surrogate", str(tiny_run)]) == 0
     report = json.loads((out / "report.json").read_text())
@@ -346,7 +346,7 @@ def test_resumed_evaluation_gives_the_same_report(tiny_run: Path, tiny_data: Pat
 
 def test_evaluate_cli_resumes_after_sigkill(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
     argv = ["evaluate", str(tiny_run), str(tiny_data), "--attacks", "fgsm,pgd,square", "--steps", "3"]
-    argv += ["--eps", "8/255", "--square-queries", "20", "--n", "6", "--batch-size", "2"]
+    argv += ["--eps", "8/255", "--square-queries", "20", "--n-images", "6", "--batch-size", "2"]
     argv += ["--corruptions", "gaussian_noise", "--severities", "1", "--noise-std", "none"]
     assert main([*argv, "--out", str(tmp_path / "a")]) == 0
     out = tmp_path / "b"
