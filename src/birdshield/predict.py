@@ -13,7 +13,7 @@ from torch import nn
 
 from . import data
 from .models import Classifier, imagenet_model
-from .runtime import atomic_write_bytes, progress
+from .runtime import atomic_write_bytes, model_device, progress
 
 IMAGENET_BIRDS = "imagenet-birds"
 # ImageNet-1k bird classes: cock .. great grey owl, black grouse .. black swan, white stork .. albatross.
@@ -49,7 +49,7 @@ def predict(
     itself (randomized smoothing), is applied by the caller instead.
     """
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     k = min(top_k, len(model.class_names))
     rows: dict[Path, dict] = {}
     for good, x, bad in progress(

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .. import data
 from ..attacks.base import generator
-from ..runtime import atomic_write_bytes, atomic_write_json, progress
+from ..runtime import atomic_write_bytes, atomic_write_json, model_device, progress
 
 ABSTAIN = -1
 DEFAULT_RADII = (0.0, 0.125, 0.25, 0.375, 0.5, 0.75, 1.0)
@@ -294,7 +294,7 @@ def predict_rows(
     followed by the classes ranked by votes (so the leading class is still visible with top_k >= 2).
     """
     model = smoothed.model
-    device = next(model.parameters()).device
+    device = model_device(model)
     rows = []
     for i, path in enumerate(progress(paths, desc="predict", unit="img")):
         try:
