@@ -216,6 +216,13 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--runtime",
+        choices=["torch", "onnx"],
+        default="torch",
+        help="'onnx': onnxruntime on RUN_DIR/model.onnx (exported on first use, again when the weights "
+        "change); the same CSV",
+    )
     _add_defense_options(p)
     p.set_defaults(handler=_predict)
 
@@ -269,22 +276,26 @@ def _defended_predict(model: object, paths: list[Path], args: argparse.Namespace
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from . import data
-    from .models import META_FILE, load
+    from . import data, load
+    from .export import OnnxClassifier
+    from .models import META_FILE
     from .predict import IMAGENET_BIRDS, imagenet_birds_model, to_csv, write_csv
     from .runtime import pick_device, tune_cpu_allocator
 
     tune_cpu_allocator()
     first, rest = Path(args.paths[0]), args.paths[1:]
+    device = pick_device(args.device)
     if args.paths[0] == IMAGENET_BIRDS:
         model, inputs = imagenet_birds_model(), rest
     elif (first / META_FILE).is_file() or (first / "model.safetensors").is_file():
-        model, inputs = load(first), rest
+        model, inputs = load(first, device, runtime=args.runtime), rest
     else:
         model, inputs = imagenet_birds_model(), args.paths
     if not inputs:
         raise data.DataError("no image files or folders given after the run directory")
-    model = model.to(pick_device(args.device))
+    if args.runtime == "onnx" and not isinstance(model, OnnxClassifier):
+        model = OnnxClassifier.from_model(model, device)
+    model = model.to(device)
     paths = data.list_images(inputs)
     try:
         rows = _defended_predict(model, paths, args)
@@ -302,6 +313,62 @@ def _predict(args: argparse.Namespace) -> int:
         )
     for r in bad:
         print(f"  unreadable: {r['image']}: {r['error']}", file=sys.stderr)
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    from .defenses.transforms import DEFENSE_PARAMS
+
+    p = sub.add_parser(
+        "export",
+        help="export a run to ONNX for onnxruntime",
+        formatter_class=_formatter,
+        description="Write RUN_DIR's model as ONNX: [0,1] RGB NCHW images at the model's size in, logits "
+        "out, normalisation inside. Class names, image size and preprocessing are in the file's metadata.",
+    )
+    p.add_argument("run_dir", help="run directory written by `birdshield train`")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument(
+        "--static-batch", type=int, default=None, metavar="N", help="fix the batch size at N (default: any)"
+    )
+    p.add_argument(
+        "--defense",
+        choices=["none", *DEFENSE_PARAMS],
+        default="none",
+        help="an input transform inside the graph: bits or median (jpeg and smoothing cannot be one graph)",
+    )
+    p.add_argument(
+        "--defense-param",
+        type=float,
+        default=None,
+        metavar="X",
+        help="the defence's parameter (default): bits bits (4), median kernel (3)",
+    )
+    p.set_defaults(handler=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_onnx, graph_transform
+    from .models import load
+
+    try:
+        if args.static_batch is not None and args.static_batch < 1:
+            raise ValueError(f"--static-batch must be >= 1, got {args.static_batch}")
+        graph_transform(args.defense, args.defense_param)  # refuse jpeg/smoothing before loading the model
+        model = load(args.run_dir)
+        path = export_onnx(
+            model,
+            args.out,
+            dynamic_batch=args.static_batch is None,
+            batch_size=args.static_batch or 1,
+            defense=args.defense,
+            defense_param=args.defense_param,
+        )
+    except ValueError as e:  # jpeg/smoothing, a bad parameter, or a CheckpointError
+        print(f"birdshield export: error: {e}", file=sys.stderr)
+        return 2
+    shape = f"batch {args.static_batch or 'any'}, {model.image_size}px"
+    print(f"{path}: {len(model.class_names)} classes, {shape}, defence {args.defense}")
     return 0
 
 
@@ -664,6 +731,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_attack,
     _add_demo,
     _add_certify,
+    _add_export,
 ]
 
 
