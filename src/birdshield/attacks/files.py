@@ -15,8 +15,8 @@ from PIL import Image
 from torch import Tensor, nn
 
 from .. import data
-from ..runtime import atomic_write_bytes, progress
-from .base import inference_logits, model_device
+from ..runtime import atomic_write_bytes, model_device, progress
+from .base import inference_logits
 from .registry import get_spec
 
 CSV_COLUMNS = [

@@ -12,11 +12,10 @@ import torch
 from torch import nn
 
 from .. import data
-from ..attacks.base import model_device
 from ..defenses.smoothing import ABSTAIN, Smoothed
 from ..reporting.markdown import DEFAULT_RADII
 from ..reporting.writers import write_certify_report
-from ..runtime import progress
+from ..runtime import model_device, progress
 from .state import CertifyLog, model_fingerprint, prepare_out_dir, samples_digest
 
 

@@ -14,8 +14,9 @@ import torch
 from torch import Tensor, nn
 
 from .. import data
-from ..attacks.base import inference_logits, model_device
+from ..attacks.base import inference_logits
 from ..reporting.writers import write_evaluate_report
+from ..runtime import model_device
 from .cascade import attack_plan, corruptions_pass, ensemble_at, pick_examples
 from .checks import gradient_flags, stochastic_flag
 from .config import N_EXAMPLES, EvalConfig, ProgressFn, config_dict
