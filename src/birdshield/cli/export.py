@@ -14,8 +14,8 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "export",
         help="export a run to ONNX for onnxruntime",
         description="Write RUN_DIR's model as ONNX: [0,1] RGB NCHW images at the model's size in, logits "
-        "out, normalisation inside. Class names, image size and preprocessing are in the file's metadata. JPEG "
-        "and randomized smoothing cannot be one graph: apply them around the exported model (predict "
+        "out, normalisation inside. Class names, image size and preprocessing are in the file's metadata. "
+        "JPEG and randomized smoothing cannot be one graph: apply them around the exported model (predict "
         "--runtime onnx --defense jpeg|smoothing does).",
     )
     p.add_argument("run_dir", help="run directory written by `birdshield train`")
