@@ -16,6 +16,7 @@ instead of shape arithmetic.
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import json
 import warnings
@@ -239,8 +240,9 @@ class OnnxClassifier(nn.Module):
         import onnxruntime as ort
 
         self.path = None if isinstance(source, bytes) else Path(source)
-        model = source if isinstance(source, bytes) else str(source)
-        self.session = ort.InferenceSession(model, _session_options(threads), providers=_providers(device))
+        blob = source if isinstance(source, bytes) else Path(source).read_bytes()
+        self.digest = hashlib.sha256(blob).hexdigest()  # identifies the graph and its weights (resume)
+        self.session = ort.InferenceSession(blob, _session_options(threads), providers=_providers(device))
         props = self.session.get_modelmeta().custom_metadata_map
         self.meta: dict[str, Any] = {key: json.loads(value) for key, value in props.items()}
         if "class_names" not in self.meta or "image_size" not in self.meta:
@@ -280,5 +282,9 @@ def load_onnx(run_dir_or_onnx: str | Path, device: str | torch.device = "cpu") -
         cached = OnnxClassifier(path, device)
         if cached.meta.get("defense") is None and cached.meta.get("batch") == "dynamic":
             return cached
-    export_onnx(load(run_dir), path)
+    model = load(run_dir)
+    try:
+        export_onnx(model, path)
+    except OSError:  # a read-only run directory: export in memory, every time
+        return OnnxClassifier(onnx_bytes(model), device)
     return OnnxClassifier(path, device)

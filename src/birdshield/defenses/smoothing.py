@@ -70,6 +70,18 @@ class Smoothed:
         self.model, self.sigma, self.batch_size = model, float(sigma), int(batch_size)
         names = getattr(model, "class_names", None)
         self.num_classes: int | None = len(names) if names else None  # else learnt from the first logits
+        # A model without parameters is an ONNX session: it takes contiguous NCHW arrays (anything else
+        # is copied); torch models get the channels_last view of the NHWC draws.
+        self._contiguous_input = isinstance(model, nn.Module) and next(model.parameters(), None) is None
+        self._buffers: dict[str, Tensor] = {}
+
+    def _buffer(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """A batch-sized buffer reused for every batch and image: a fresh 60 MB tensor per batch costs
+        page faults (the allocator returns it to the OS and maps it again) and noise draws into it."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self._buffers[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        return buf
 
     def _votes(self, x: Tensor, sizes: Sequence[int], gen: torch.Generator) -> list[Tensor]:
         """Votes of the base model on x + noise: one count vector per size, each from its own fresh draws.
@@ -80,11 +92,16 @@ class Smoothed:
         preds = torch.empty(total, dtype=torch.long, device=x.device)
         c, h, w = x.shape
         with torch.inference_mode():
+            noise = self._buffer("noise", (self.batch_size, h, w, c), x)
             for start in range(0, total, self.batch_size):
                 b = min(self.batch_size, total - start)
                 # drawn as NHWC and viewed as NCHW: a channels_last batch without a copy (faster convs)
-                noise = torch.randn((b, h, w, c), generator=gen, device=x.device, dtype=x.dtype)
-                batch = noise.permute(0, 3, 1, 2).mul_(self.sigma).add_(x)
+                drawn = torch.randn((b, h, w, c), generator=gen, out=noise[:b]).permute(0, 3, 1, 2)
+                if self._contiguous_input:  # the same numbers, written once in NCHW order
+                    nchw = self._buffer("nchw", (self.batch_size, c, h, w), x)[:b]
+                    batch = torch.mul(drawn, self.sigma, out=nchw).add_(x)
+                else:
+                    batch = drawn.mul_(self.sigma).add_(x)
                 logits = self.model(batch)
                 self.num_classes = self.num_classes or logits.shape[1]
                 preds[start : start + b] = logits.argmax(1)

@@ -64,13 +64,16 @@ def model_fingerprint(model: nn.Module) -> dict[str, Any]:
         flat = t.detach().cpu().contiguous().reshape(-1)
         digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return {
+    fingerprint = {
         "arch": meta.get("arch"),
         "classes": list(getattr(model, "class_names", None) or []),
         "image_size": meta.get("image_size"),
         "defense": meta.get("defense"),
         "weights": digest.hexdigest(),
     }
+    if getattr(model, "digest", None):  # an ONNX session (export.OnnxClassifier): no state_dict to hash
+        fingerprint["onnx"] = model.digest
+    return fingerprint
 
 
 def samples_digest(samples: Sequence[data.Sample]) -> str:
