@@ -78,9 +78,16 @@ def test_evaluate_and_certify_into_report_folders(run: Path, tiny_data: Path, tm
     assert saved["clean_accuracy"] == report["clean_accuracy"]
     at = {e["eps"]: e["robust_accuracy"] for e in report["ensemble"]}
     assert at[0.0] == report["clean_accuracy"] >= at[8 / 255]  # eps=0 is the identity; attacks only hurt
+    stated = [(report["clean_accuracy"], report["clean_ci95"])]
+    stated += [(e["robust_accuracy"], e["ci95"]) for e in report["ensemble"] + report["results"]]
+    stated += [(c["accuracy"], c["ci95"]) for c in report["corruptions"]]
+    assert all(low <= acc <= high for acc, (low, high) in stated)  # every accuracy carries its interval
     result = certify_to_dir(model, samples[:3], tmp_path / "cert", sigma=0.1, n0=10, n=30, batch_size=30)
     assert len(result["images"]) == 3 and (tmp_path / "cert" / "certify.json").is_file()
     assert all(im["radius"] is None or im["radius"] >= 0 for im in result["images"])
+    assert all(
+        r["n"] == 3 and r["ci95"][0] <= r["accuracy"] <= r["ci95"][1] for r in result["certified_accuracy"]
+    )
 
 
 def test_attack_files_writes_images_inside_the_ball(run: Path, tiny_data: Path, tmp_path: Path):
