@@ -7,16 +7,17 @@ Report schema (``evaluate`` returns it; ``reporting.write_evaluate_report`` stor
     split:          dataset split name or None
     n:              images evaluated (readable ones)
     clean_accuracy: fraction of the n images classified correctly
+    clean_ci95:     its 95% Clopper-Pearson interval [low, high]; every accuracy below has its own "ci95"
     trained_against: the run's recorded {adversarial: {method, eps, ...}, noise_max, noise_sigma}
                     (rebuilt from older runs' training config; None without training metadata)
-    corruptions:    [{name, severity, std, label, accuracy}]  severity None when an explicit noise std is
-                    used; label e.g. "jpeg severity=3" or "gaussian_noise std=0.1"
-    results:        [{attack, norm, eps, robust_accuracy, fooled, n_attacked, n, seconds}] per eps, in
+    corruptions:    [{name, severity, std, label, accuracy, ci95}]  severity None when an explicit noise
+                    std is used; label e.g. "jpeg severity=3" or "gaussian_noise std=0.1"
+    results:        [{attack, norm, eps, robust_accuracy, ci95, fooled, n_attacked, n, seconds}] per eps, in
                     cascade order. Cascade: robust_accuracy = fraction of all n images still correct after
                     this attack and every earlier one; fooled = images newly fooled by this attack;
                     n_attacked = images it ran on (the survivors of the previous attack). Independent mode:
                     every attack runs on all clean-correct images and robust_accuracy is its own.
-    ensemble:       [{norm, eps, robust_accuracy}] worst case per image over all attacks
+    ensemble:       [{norm, eps, robust_accuracy, n, ci95}] worst case per image over all attacks
     flags:          [{flag, detail}] sanity checks that failed (see ``checks``); [] when none
     skipped:        [{attack, reason}] requested attacks that cannot run here (wrong norm, too few classes)
     bad_images:     [{path, error}] unreadable files left out of n
@@ -30,6 +31,7 @@ from typing import Any
 
 from torch import nn
 
+from ..stats import ci95
 from .cascade import Tally, corruption_specs
 from .checks import final_flags
 from .config import EvalConfig, config_dict
@@ -63,6 +65,7 @@ def build_report(
             "norm": cfg.norm,
             "eps": e,
             "robust_accuracy": tally.attacks[(e, name)].robust / n,
+            "ci95": ci95(tally.attacks[(e, name)].robust, n),
             "fooled": tally.attacks[(e, name)].fooled,
             "n_attacked": tally.attacks[(e, name)].n_attacked,
             "n": n,
@@ -72,7 +75,8 @@ def build_report(
         for name in plan
     ]
     corruptions = [
-        {k: s[k] for k in ("name", "severity", "std", "label")} | {"accuracy": tally.corrupt[s["label"]] / n}
+        {k: s[k] for k in ("name", "severity", "std", "label")}
+        | {"accuracy": tally.corrupt[s["label"]] / n, "ci95": ci95(tally.corrupt[s["label"]], n)}
         for s in corruption_specs(cfg)
     ]
     return {
@@ -85,10 +89,20 @@ def build_report(
         "split": None,
         "n": n,
         "clean_accuracy": tally.clean / n,
+        "clean_ci95": ci95(tally.clean, n),
         "trained_against": trained_against(meta),
         "corruptions": corruptions,
         "results": results,
-        "ensemble": [{"norm": cfg.norm, "eps": e, "robust_accuracy": tally.ensemble[e] / n} for e in cfg.eps],
+        "ensemble": [
+            {
+                "norm": cfg.norm,
+                "eps": e,
+                "robust_accuracy": tally.ensemble[e] / n,
+                "n": n,
+                "ci95": ci95(tally.ensemble[e], n),
+            }
+            for e in cfg.eps
+        ],
         "flags": final_flags(tally, cfg, plan),
         "skipped": skipped,
         "bad_images": [],
