@@ -1,0 +1,38 @@
+"""Process-level settings: the glibc allocator fix keeps large freed buffers mapped."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+# malloc, touch and free 1.3 GB three times in a fresh process: above the 1.2 GB trim threshold that
+# mallopt received when the value was passed as 100_000_000_000 (masked to a C int)
+_REUSE = textwrap.dedent(
+    """
+    import ctypes, resource
+    from birdshield.runtime import tune_cpu_allocator
+    assert tune_cpu_allocator()
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    size, faults = 1300 * 2**20, []
+    for _ in range(3):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        buffer = libc.malloc(size)
+        ctypes.memset(buffer, 1, size)
+        libc.free(buffer)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    print(faults)
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_tuned_allocator_reuses_a_large_freed_buffer_without_page_faults() -> None:
+    out = subprocess.run([sys.executable, "-c", _REUSE], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    first, *later = (int(f) for f in out.stdout.strip(" []\n").split(","))
+    assert first > 300_000 and all(f < 1_000 for f in later), (first, later)  # 1.3 GB = 333k pages
