@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,28 @@ def test_predict_benchmark_runs_all_three_sides(tiny_data: Path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.count("x\n") == 3 and "images/s" in out.stdout
     assert "top-1 agreement (c) vs (b): 6/6" in out.stdout
+
+
+def test_certify_benchmark_runs_all_three_sides(tiny_run: Path, tiny_data: Path):
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "bench_certify.py"),
+        str(tiny_run),
+        "--data",
+        str(tiny_data),
+        "--n-images",
+        "2",
+        "--selection-samples",
+        "10",
+        "--samples",
+        "30",
+        "--batch-size",
+        "16",
+        "--threads",
+        "1",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert len(re.findall(r"\d\.\d\dx ", out.stdout)) == 3  # a ratio per side
+    assert "s/image" in out.stdout and "r=0.5" in out.stdout
+    assert "same smoothed prediction (b) vs (c): 2/2" in out.stdout

@@ -110,6 +110,37 @@ def test_same_seed_same_votes() -> None:
     assert torch.equal(first[0], second[0]) and torch.equal(first[1].nan_to_num(), second[1].nan_to_num())
 
 
+class _Recorder(nn.Module):
+    """Records the batches it is given; with a parameter (a torch model) or without (like an ONNX session)."""
+
+    def __init__(self, with_parameter: bool) -> None:
+        super().__init__()
+        self.seen: list[Tensor] = []
+        if with_parameter:
+            self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.seen.append(x.clone())
+        return torch.zeros(len(x), 3)
+
+
+@pytest.mark.parametrize("with_parameter", [True, False])
+def test_noise_batches_are_fresh_draws_from_one_reused_buffer(with_parameter: bool) -> None:
+    x = torch.rand(3, 8, 12)
+    model = _Recorder(with_parameter)
+    smoothed = Smoothed(model, 0.37, batch_size=30)
+    smoothed._votes(x, [20, 75], torch.Generator().manual_seed(3))
+    smoothed._votes(x, [7], torch.Generator().manual_seed(4))
+    expected = []
+    for seed, sizes in ((3, [30, 30, 30, 5]), (4, [7])):
+        gen = torch.Generator().manual_seed(seed)
+        expected += [torch.randn((b, 8, 12, 3), generator=gen).permute(0, 3, 1, 2) * 0.37 + x for b in sizes]
+    assert [tuple(t.shape) for t in model.seen] == [tuple(t.shape) for t in expected]
+    assert all(torch.equal(a, b) for a, b in zip(model.seen, expected, strict=True))
+    # an ONNX session (no parameters) gets contiguous NCHW, so OnnxClassifier.forward copies nothing
+    assert all(t.is_contiguous() for t in model.seen) == (not with_parameter)
+
+
 def test_certified_accuracy_and_subset() -> None:
     images = [
         {"correct": True, "radius": 0.6},
@@ -295,6 +326,27 @@ def _certified_numbers(result: dict) -> dict:
     result = {k: v for k, v in result.items() if k not in ("seconds_per_image", "images_per_second")}
     result["images"] = [{k: v for k, v in im.items() if k != "seconds"} for im in result["images"]]
     return result
+
+
+def test_certify_runtimes_draw_the_same_noise(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    argv = ["certify", str(tiny_run), str(tiny_data), "--sigma", "0.12", "--selection-samples", "8"]
+    argv += ["--samples", "40", "--alpha", "0.01", "--n-images", "3"]
+    results = {}
+    for runtime in ("torch", "onnx"):
+        assert main([*argv, "--runtime", runtime, "--out", str(tmp_path / runtime)]) == 0
+        results[runtime] = json.loads((tmp_path / runtime / "certify.json").read_text())
+        assert results[runtime]["runtime"] == runtime
+    torch_images, onnx_images = results["torch"]["images"], results["onnx"]["images"]
+    assert [im["prediction"] for im in torch_images] == [im["prediction"] for im in onnx_images]
+    for a, b in zip(torch_images, onnx_images, strict=True):  # float rounding may move a vote, no more
+        assert a["radius"] == b["radius"] or abs(a["radius"] - b["radius"]) < 0.05
+    # a log written by one runtime is not continued by the other (their votes may differ)
+    from birdshield.evaluation.state import model_fingerprint
+    from birdshield.models import load_for_inference
+
+    torch_model, onnx_model = (load_for_inference(tiny_run, "cpu", runtime=r) for r in ("torch", "onnx"))
+    assert model_fingerprint(torch_model) != model_fingerprint(onnx_model)
+    assert model_fingerprint(onnx_model) == model_fingerprint(load_for_inference(tiny_run, "cpu", "onnx"))
 
 
 def test_certify_cli_resumes_after_sigkill(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:

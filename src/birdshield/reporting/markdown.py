@@ -156,7 +156,8 @@ def certify_table(result: dict[str, Any]) -> str:
         "",
         f"- base model clean accuracy: {100 * result['clean_accuracy_of_base_model']:.1f}%",
         f"- abstained: {100 * result['abstain_rate']:.1f}%",
-        f"- time: {result['seconds_per_image']:.3f} s per image",
+        f"- time: {result['seconds_per_image']:.3f} s per image"
+        + (f" ({result['runtime']} runtime)" if result.get("runtime") else ""),
         "",
         f"| L2 radius | certified accuracy ({CI_NOTE}) |",
         "|---:|---:|",
