@@ -1,6 +1,7 @@
 """PGD robust accuracy, `birdshield.evaluation` vs torchattacks: same model, images, eps, steps, step size.
 
     python benchmarks/bench_pgd.py [RUN_DIR] [--data DIR] [--n 150] [--steps 10] [--eps 1/255]
+    python benchmarks/bench_pgd.py --whole-process [RUN_DIR] [--eps 2/255] ...
 
 Model: ``birdshield.load(RUN_DIR)`` on the test split of ``--data`` with its true labels; without RUN_DIR
 the offline ImageNet tf_efficientnet_lite0 (``birdshield.models.imagenet_model()``) on the birds-mini test
@@ -24,6 +25,19 @@ handed out, so each side runs in its own fresh subprocess (theirs with any MALLO
 its environment). Images and labels are prepared once here and handed over in a temporary file; model
 loading and a warm-up forward are not timed. Early stop can only find more adversarials (any iterate that
 fools counts, not just the last), so robust accuracies may differ by an image or so.
+
+``--whole-process`` times what a user waits for instead: each side a whole process, from start to exit,
+with imports, model load and decoding of the photos (wall time, subprocess):
+
+- ours: ``birdshield evaluate RUN DATA --attacks pgd --steps S --eps E --corruptions none --n-images N``
+  (clean pass, sanity checks, report folder with its plots, everything evaluate does).
+- theirs: a plain script: timm.create_model + load_state_dict(model.safetensors) with Normalize in front,
+  PIL + torchvision Resize/CenterCrop/ToTensor, batches of ``--batch-size``, ``torchattacks.PGD`` on every
+  image and one forward to score it (default allocator, NCHW).
+
+Same images (the stratified subset evaluate picks), labels, eps, steps, step size and threads. Without
+RUN_DIR the model is made here, untimed (``--keep-run DIR`` keeps it): the offline ImageNet lite0 with a
+linear head fitted on its frozen features of the train split (a standard, non-robust run).
 """
 
 from __future__ import annotations
@@ -131,6 +145,114 @@ def worker(args: argparse.Namespace) -> None:
     print(json.dumps({"robust_accuracy": acc, "seconds": seconds, "n": len(t["y"])}))
 
 
+def plain_script(args: argparse.Namespace, run_dir: Path, list_file: Path) -> None:
+    """The whole-process `theirs`: what a user writes with timm, torchvision and torchattacks."""
+    import safetensors.torch
+    import timm
+    import torch
+    import torchattacks
+    from PIL import Image
+    from torchvision import transforms
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    meta = json.loads((run_dir / "birdshield.json").read_text())
+    names, size = meta["class_names"], meta["image_size"]
+    net = timm.create_model(meta["arch"], pretrained=False, num_classes=len(names))
+    net.load_state_dict(safetensors.torch.load_file(str(run_dir / "model.safetensors")))
+    model = torch.nn.Sequential(transforms.Normalize(meta["mean"], meta["std"]), net).eval()
+    preprocess = transforms.Compose(
+        [transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor()]
+    )
+    items = [line.split("\t") for line in list_file.read_text().splitlines()]
+    torch.manual_seed(args.seed)
+    atk = torchattacks.PGD(
+        model, eps=args.eps, alpha=2.5 * args.eps / args.steps, steps=args.steps, random_start=True
+    )
+    correct = 0
+    for start in range(0, len(items), args.batch_size):
+        batch = items[start : start + args.batch_size]
+        x = torch.stack([preprocess(Image.open(path).convert("RGB")) for path, _ in batch])
+        y = torch.tensor([names.index(label) for _, label in batch])
+        adv = atk(x, y)
+        with torch.no_grad():
+            correct += int((model(adv).argmax(1) == y).sum())
+    print(json.dumps({"robust_accuracy": correct / len(items), "n": len(items)}))
+
+
+def _timed_json(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"failed ({done.returncode}): {shlex.join(cmd[:8])} ...\n{done.stderr[-3000:]}")
+    return seconds, done.stdout
+
+
+def whole_process(args: argparse.Namespace, tmp: Path) -> None:
+    """Both sides as whole processes: wall times, robust accuracies, the ratio."""
+    from birdshield import data
+    from birdshield.attacks import format_eps
+    from birdshield.models import read_metadata
+
+    run_dir = Path(args.run_dir or args.keep_run or tmp / "run")
+    if not (run_dir / "model.safetensors").is_file():
+        from _probe import make_probe_run
+
+        print(f"made {run_dir} (linear probe), {make_probe_run(Path(args.data), run_dir):.0f} s", flush=True)
+    names = read_metadata(run_dir)["class_names"]
+    samples = data.samples_for_model(data.discover(args.data), "test", names)
+    chosen = data.stratified_subset(samples, args.n, args.seed)
+    list_file, out = tmp / "images.txt", tmp / "report"
+    list_file.write_text("".join(f"{s.path}\t{names[s.label]}\n" for s in chosen))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = {k: v for k, v in env.items() if not k.startswith("MALLOC_")}
+    eps = format_eps(args.eps)
+    ours = [
+        sys.executable, "-m", "birdshield.cli", "--threads", str(args.threads), "evaluate", str(run_dir),
+        args.data, "--attacks", "pgd", "--steps", str(args.steps), "--eps", eps, "--corruptions", "none",
+        "--n-images", str(args.n), "--seed", str(args.seed), "--batch-size", str(args.batch_size),
+        "--out", str(out),
+    ]  # fmt: skip
+    theirs = [
+        sys.executable, __file__, "--threads", str(args.threads), "--eps", eps, "--steps", str(args.steps),
+        "--batch-size", str(args.batch_size), "--seed", str(args.seed), "--plain-script", str(run_dir),
+        str(list_file),
+    ]  # fmt: skip
+    best: dict[str, float] = {}
+    for _ in range(args.repeats):
+        t_theirs, stdout = _timed_json(theirs, env)
+        acc_theirs = json.loads(stdout.strip().splitlines()[-1])["robust_accuracy"]
+        t_ours, _ = _timed_json(ours, env)
+        best = {
+            "theirs": min(best.get("theirs", t_theirs), t_theirs),
+            "ours": min(best.get("ours", t_ours), t_ours),
+        }
+    report = json.loads((out / "report.json").read_text())
+    acc_ours = report["ensemble"][0]["robust_accuracy"]
+    n = len(chosen)
+    print(f"command (ours): {shlex.join(ours)}")
+    print(
+        f"{n} images of {args.data} (test), Linf eps {eps}, {args.steps} steps of 2.5*eps/steps, "
+        f"seed {args.seed}"
+    )
+    print(
+        f"threads: {args.threads or 'default'}; "
+        f"load average at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}"
+    )
+    print(
+        f"  {'torchattacks.PGD script':26s} robust accuracy {100 * acc_theirs:5.1f}%  "
+        f"wall {best['theirs']:7.1f} s"
+    )
+    print(
+        f"  {'birdshield evaluate':26s} robust accuracy {100 * acc_ours:5.1f}%  wall {best['ours']:7.1f} s"
+        f"  (clean {100 * report['clean_accuracy']:.1f}%, evaluation {report['seconds']:.1f} s in-process)"
+    )
+    gap = abs(acc_ours - acc_theirs) * n
+    print(f"  robust accuracies {'agree' if gap <= 1 + 1e-9 else 'DIFFER'} ({gap:.0f} image(s) apart)")
+    print(f"  whole-process time ratio theirs/ours: {best['theirs'] / best['ours']:.2f}x")
+
+
 def _spawn(which: str, tensors: Path, argv: list[str]) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     cmd = [sys.executable, __file__, *argv, "--worker", which, "--tensors", str(tensors)]
@@ -152,11 +274,22 @@ def main() -> None:
     p.add_argument(
         "--threads", type=int, default=0, help="torch threads on both sides (0 = default; 1 on a busy box)"
     )
+    p.add_argument("--whole-process", action="store_true", help="time whole processes (see the module doc)")
+    p.add_argument(
+        "--repeats", type=int, default=1, help="--whole-process rounds; each side's fastest is kept"
+    )
+    p.add_argument("--keep-run", help="--whole-process without RUN_DIR: where to make (or find) the model")
     p.add_argument("--worker", choices=["ours", "theirs"], help=argparse.SUPPRESS)
     p.add_argument("--tensors", help=argparse.SUPPRESS)
+    p.add_argument("--plain-script", nargs=2, metavar=("RUN", "LIST"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         return worker(args)
+    if args.plain_script:
+        return plain_script(args, *map(Path, args.plain_script))
+    if args.whole_process:
+        with tempfile.TemporaryDirectory(prefix="bench_pgd_") as tmp:
+            return whole_process(args, Path(tmp))
     print("command:", shlex.join([sys.executable, *sys.argv]), flush=True)
     argv = sys.argv[1:]
     with tempfile.TemporaryDirectory() as tmp:

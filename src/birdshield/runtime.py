@@ -29,8 +29,8 @@ def tune_cpu_allocator() -> bool:
     MALLOC_MMAP_MAX_=0 with trimming off. Returns False where glibc is not present.
 
     mallopt takes a C int: a threshold of 100_000_000_000 (what the environment variable takes) arrives
-    masked to 1.2 GB, and any batch whose activations pass that (certify's 100 noisy copies, PGD on 32
-    images) had the heap trimmed and re-faulted on every forward. -1 is mallopt's "never trim".
+    masked to 1.2 GB, and any batch whose activations pass that (certify's 100 noisy copies at 224 px) had
+    the heap trimmed and re-faulted on every forward. -1 is mallopt's "never trim".
     """
     global _allocator_tuned
     if _allocator_tuned:
