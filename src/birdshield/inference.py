@@ -88,7 +88,7 @@ def _smoothed_rows(
     rows = []
     for i, path in enumerate(progress(paths, desc="predict", unit="img")):
         try:
-            x = data.to_tensor(data.read_rgb(path), model.image_size)[None].to(_device(model))
+            x = data.load_tensor(path, model.image_size)[None].to(_device(model))
         except data.BadImageError as e:
             rows.append({"image": str(path), "top": [], "error": e.reason})
             continue

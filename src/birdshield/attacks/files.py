@@ -139,7 +139,7 @@ def attack_files(
     pairs, rows, batch = output_names(inputs, out_dir), [], []
     for j, (src, dst) in enumerate(progress(pairs, desc=attack, unit="img")):
         try:
-            batch.append((src, dst, data.to_tensor(data.read_rgb(src), model.image_size)))
+            batch.append((src, dst, data.load_tensor(src, model.image_size)))
         except data.BadImageError as e:
             rows.append(dict.fromkeys(CSV_COLUMNS, "") | {"image": str(src), "error": e.reason})
         if batch and (len(batch) == batch_size or j == len(pairs) - 1):
