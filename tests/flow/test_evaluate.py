@@ -280,6 +280,21 @@ def test_attack_never_overwrites_inputs(tiny_run: Path, tmp_path: Path, make_ima
     assert sorted(p.name for p in folder.rglob("*")) == ["a.png", "blue jay"]
 
 
+def test_attack_replaces_an_earlier_runs_files_only_with_overwrite(
+    tiny_run: Path, tmp_path: Path, make_image
+) -> None:
+    img = make_image(tmp_path / "in" / "a.jpg", seed=3)
+    out = tmp_path / "adv"
+    argv = ["attack", str(tiny_run), str(img), "--out", str(out), "--steps", "1"]
+    assert main(argv) == 0
+    (out / "a.png").write_bytes(b"the user's own file")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(argv) == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing replaced, nothing added
+    assert main([*argv, "--overwrite"]) == 0
+    assert Image.open(out / "a.png").size == (48, 48)
+
+
 # ------------------------------------------------------------------------------------------ resume
 
 
