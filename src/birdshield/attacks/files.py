@@ -3,7 +3,6 @@ relative paths, never over an input) and a CSV of what changed."""
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 import os
@@ -17,6 +16,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from .. import data
+from ..reporting.tables import csv_text
 from ..runtime import atomic_write_bytes, progress
 from .base import inference_logits, model_device
 from .registry import get_spec
@@ -214,9 +214,6 @@ def attack_files(
             batch = []
     order = {str(src): i for i, (src, _) in enumerate(pairs)}
     rows.sort(key=lambda r: order[r["image"]])
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(out_dir / CSV_NAME, buf.getvalue().encode())
+    table = csv_text([CSV_COLUMNS, *([row.get(c, "") for c in CSV_COLUMNS] for row in rows)])
+    atomic_write_bytes(out_dir / CSV_NAME, table.encode())
     return rows

@@ -1,6 +1,6 @@
-"""Reports: Markdown text (``markdown``, pure Python), plots in one style (``plots``) and the report folders
-that `evaluate` and `certify` write (``writers``). Names load on first use (PEP 562): matplotlib is
-imported only when something is plotted."""
+"""Reports: Markdown text (``markdown``, pure Python), plots in one style (``plots``), spreadsheet-safe CSV
+text (``tables``, pure Python) and the report folders that `evaluate` and `certify` write (``writers``).
+Names load on first use (PEP 562): matplotlib is imported only when something is plotted."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from typing import Any
 # public name -> module (relative to this package) that defines it
 _LAZY = {
     "certify_table": ".markdown",
+    "csv_text": ".tables",
+    "spreadsheet_safe": ".tables",
     "format_summary": ".markdown",
     "report_markdown": ".markdown",
     "plot_accuracy_vs_eps": ".plots",

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from .. import data
 from ..models import CheckpointError, Classifier, create_model, save_checkpoint
 from ..reporting.plots import plot_training_curves
+from ..reporting.tables import csv_text
 from ..runtime import atomic_write_bytes, progress, tune_cpu_allocator
 from .augment import augment
 from .batches import autocast, make_loader, to_device
@@ -105,10 +106,8 @@ def _overfit_probe(train_ds: data.ImageDataset, cfg: TrainConfig, device: torch.
 
 def _write_history(out: Path, history: list[dict]) -> None:
     header = list(history[0])
-    rows = [
-        ",".join(f"{h[k]:.6g}" if isinstance(h[k], float) else str(h[k]) for k in header) for h in history
-    ]
-    atomic_write_bytes(out / "history.csv", ("\n".join([",".join(header), *rows]) + "\n").encode())
+    rows = [[f"{h[k]:.6g}" if isinstance(h[k], float) else str(h[k]) for k in header] for h in history]
+    atomic_write_bytes(out / "history.csv", csv_text([header, *rows]).encode())
     plot_training_curves(history, out / "curves.png")
 
 
