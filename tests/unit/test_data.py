@@ -20,7 +20,7 @@ from PIL import Image, ImageEnhance
 from birdshield import data
 from birdshield.data import BadImageError, DataError, Sample
 from birdshield.data.check import _near_pairs
-from birdshield.data.images import _to_8bit
+from birdshield.data.images import _as_rgb, _to_8bit
 
 ODD_NAMES = ["BLACK & YELLOW bROADBILL", "MIKADO  PHEASANT", "ZEBRA DOVE"]
 
@@ -246,6 +246,20 @@ def test_sixteen_bit_conversion_in_blocks_is_exact(monkeypatch) -> None:
     lo, hi = float(np.nanmin(wide[np.isfinite(wide)])), float(wide[np.isfinite(wide)].max())
     stretched = np.nan_to_num((wide.astype(np.float64) - lo) * (255.0 / (hi - lo)), posinf=255)
     assert np.array_equal(pixels, np.clip(np.rint(stretched), 0, 255).astype(np.uint8))
+
+
+def test_transparency_onto_white_in_blocks_is_exact(monkeypatch) -> None:
+    rng = np.random.default_rng(0)
+    palette = Image.fromarray(rng.integers(0, 256, (61, 41), dtype=np.uint8), "P")
+    palette.putpalette(rng.integers(0, 256, 768).tolist())
+    palette.info["transparency"] = bytes(rng.integers(0, 256, 256).astype(np.uint8))
+    cases = [Image.fromarray(rng.integers(0, 256, (61, 41, 4), dtype=np.uint8)), palette]
+    monkeypatch.setattr("birdshield.data.images._BLOCK_ELEMENTS", 100)  # 2 rows per block
+    for img in cases:
+        rgba = img.convert("RGBA")
+        whole = Image.new("RGB", img.size, (255, 255, 255))
+        whole.paste(rgba, mask=rgba.getchannel("A"))
+        assert np.array_equal(np.asarray(_as_rgb(img)), np.asarray(whole))
 
 
 @pytest.mark.parametrize(

@@ -169,9 +169,16 @@ def _as_rgb(img: Image.Image) -> Image.Image:
     has_alpha = img.mode in _ALPHA_MODES or "transparency" in img.info
     if not has_alpha:
         return img if img.mode == "RGB" else img.convert("RGB")
-    rgba = img.convert("RGBA")
+    return _onto_white(img)
+
+
+def _onto_white(img: Image.Image) -> Image.Image:
+    """Composite onto white a block of rows at a time: an RGBA copy of a 100 MP image would take 400 MB."""
     out = Image.new("RGB", img.size, (255, 255, 255))
-    out.paste(rgba, mask=rgba.getchannel("A"))
+    rows = max(1, _BLOCK_ELEMENTS // img.width)
+    for top in range(0, img.height, rows):
+        rgba = img.crop((0, top, img.width, min(top + rows, img.height))).convert("RGBA")
+        out.paste(rgba, (0, top), mask=rgba.getchannel("A"))
     return out
 
 
