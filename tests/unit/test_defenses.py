@@ -144,7 +144,7 @@ def test_certify_cli_lists_every_image(tiny_run: Path, tiny_data: Path, tmp_path
 @pytest.mark.parametrize("defense,param", [("smoothing", "0.12"), ("jpeg", "60"), ("median", "3")])
 def test_predict_cli_with_defense(tiny_run: Path, tiny_data: Path, tmp_path: Path, defense, param) -> None:
     out = tmp_path / "p.csv"
-    opts = ["--defense", defense, "--defense-param", param, "--n", "30", "--top-k", "2"]
+    opts = ["--defense", defense, "--defense-param", param, "--samples", "30", "--top-k", "2"]
     assert main(["predict", str(tiny_run), str(tiny_data / "test"), "--out", str(out), *opts]) == 0
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert len(rows) == 12 and list(rows[0]) == [
@@ -157,6 +157,12 @@ def test_predict_cli_with_defense(tiny_run: Path, tiny_data: Path, tmp_path: Pat
     ]
     assert all(r["species"] in [*TINY_CLASSES, "ABSTAIN"] and not r["error"] for r in rows)
     assert all((r["species"] == "ABSTAIN") == (r["confidence"] == "") for r in rows)
+    # The defence must have run: skipped, the (deterministic) predictions would equal the undefended ones.
+    plain = tmp_path / "plain.csv"
+    assert main(["predict", str(tiny_run), str(tiny_data / "test"), "--out", str(plain), "--top-k", "2"]) == 0
+    undefended = {r["image"]: r for r in csv.DictReader(io.StringIO(plain.read_text()))}
+    changed = [r["image"] for r in rows if r["confidence"] != undefended[r["image"]]["confidence"]]
+    assert changed  # (this confident tiny model saturates at 1.0000 on most images, not all)
 
 
 def test_bad_defense_parameter_is_a_clean_error(tiny_run: Path, tiny_data: Path, capsys) -> None:
