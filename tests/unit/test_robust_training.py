@@ -165,3 +165,21 @@ def test_adversarial_loss_is_higher_than_clean_and_leaves_the_model_as_found():
     assert adv.item() > clean.item()
     assert not model.training
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_overfitting_check_batch_survives_unreadable_sampled_images():
+    from birdshield.data import DataError
+    from birdshield.training.loop import _overfit_probe
+
+    class ThirdsUnreadable:  # 200 images; the strided sample (every 3rd from 0) hits only unreadable ones
+        def __len__(self) -> int:
+            return 200
+
+        def __getitem__(self, i: int):
+            return None if i % 3 == 0 else (torch.full((3, 8, 8), i / 200), i % 2)
+
+    cfg = config_from_options("d", "o", channels_last=False)
+    x, y = _overfit_probe(ThirdsUnreadable(), cfg, torch.device("cpu"))
+    assert len(y) == 64 and float(x[0, 0, 0, 0]) == pytest.approx(1 / 200)  # the first readable ones
+    with pytest.raises(DataError, match="no readable training image"):
+        _overfit_probe([None] * 10, cfg, torch.device("cpu"))

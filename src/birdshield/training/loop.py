@@ -6,6 +6,7 @@ DistributedDataParallel (gloo on CPU, nccl on CUDA) and only rank 0 writes files
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -101,6 +102,11 @@ def _robust_valid(
 def _overfit_probe(train_ds: data.ImageDataset, cfg: TrainConfig, device: torch.device):
     """A fixed batch of training images for the catastrophic-overfitting check of fast FGSM training."""
     batch = data.collate_skip_bad([train_ds[i] for i in range(0, len(train_ds), max(1, len(train_ds) // 64))])
+    if batch is None:  # every sampled image unreadable: the first 64 readable ones instead
+        readable = (item for item in map(train_ds.__getitem__, range(len(train_ds))) if item is not None)
+        batch = data.collate_skip_bad(list(itertools.islice(readable, 64)))
+    if batch is None:
+        raise data.DataError("no readable training image (every file of the train split is unreadable)")
     return to_device(batch[0], device, cfg.channels_last), batch[1].to(device)
 
 
