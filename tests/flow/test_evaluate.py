@@ -29,6 +29,7 @@ from birdshield.evaluation import (
 )
 from birdshield.models import load
 from birdshield.reporting.writers import write_evaluate_report
+from birdshield.stats import ci95
 
 EPS = (0.0, 0.5 / 255, 1 / 255, 2 / 255, 4 / 255)
 FAST = EvalConfig(
@@ -43,6 +44,7 @@ FAST = EvalConfig(
 )
 REPORT_KEYS = {"model", "split", "n", "clean_accuracy", "corruptions", "results", "ensemble", "flags"}
 REPORT_KEYS |= {"config", "seconds", "trained_against", "skipped", "bad_images"}
+REPORT_KEYS |= {"clean_ci95", "top5_accuracy", "top5_ci95", "per_class", "confused_pairs"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -94,7 +96,13 @@ def _by_eps(report: dict, eps: float) -> list[dict]:
 def test_eps_zero_is_clean_accuracy(cascade: dict, independent: dict) -> None:
     for report in (cascade, independent):
         assert report["clean_accuracy"] == 56 / 64
-        assert report["ensemble"][0] == {"norm": "linf", "eps": 0.0, "robust_accuracy": 56 / 64}
+        assert report["ensemble"][0] == {
+            "norm": "linf",
+            "eps": 0.0,
+            "robust_accuracy": 56 / 64,
+            "n": 64,
+            "ci95": ci95(56, 64),
+        }
         assert all(r["fooled"] == 0 for r in _by_eps(report, 0.0))
         assert report["flags"] == []
 
@@ -199,7 +207,7 @@ def test_report_files(cascade: dict, setup: tuple[nn.Module, Tensor, Tensor], tm
     md = write_evaluate_report(cascade, tmp_path, examples)
     saved = json.loads((tmp_path / "report.json").read_text())
     assert set(saved) >= REPORT_KEYS
-    keys = {"attack", "norm", "eps", "robust_accuracy", "fooled", "n_attacked", "n", "seconds"}
+    keys = {"attack", "norm", "eps", "robust_accuracy", "ci95", "fooled", "n_attacked", "n", "seconds"}
     assert set(saved["results"][0]) == keys
     assert {c["label"] for c in saved["corruptions"]} >= {"gaussian_noise std=0.1", "jpeg severity=1"}
     text = md.read_text()
