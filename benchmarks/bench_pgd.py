@@ -1,4 +1,4 @@
-"""PGD robust accuracy: `birdshield.evaluate` vs torchattacks' PGD, same model, images, eps, steps, step size.
+"""PGD robust accuracy, `birdshield.evaluation` vs torchattacks: same model, images, eps, steps, step size.
 
     python benchmarks/bench_pgd.py [RUN_DIR] [--data DIR] [--n 150] [--steps 10] [--eps 1/255]
 
@@ -75,8 +75,8 @@ def prepare(args: argparse.Namespace, path: Path) -> None:
 
 def ours(args: argparse.Namespace, x, y) -> tuple[float, float]:
     import torch
-    from birdshield.evaluate import EvalConfig, evaluate
 
+    from birdshield.evaluation import EvalConfig, evaluate
     from birdshield.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()  # as `birdshield evaluate` does, before the model's buffers are allocated

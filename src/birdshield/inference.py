@@ -19,14 +19,10 @@ from . import data
 from .defenses.smoothing import ABSTAIN, Smoothed
 from .defenses.specs import SmoothingDefense
 from .reporting.tables import csv_text
-from .runtime import atomic_write_bytes, progress
+from .runtime import atomic_write_bytes, model_device, progress
 
 ABSTAIN_NAME = "ABSTAIN"
 Top = list[tuple[str, float | None]]  # (species, confidence) best first; confidence None for ABSTAIN
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(iter(model.parameters()), torch.empty(0)).device
 
 
 def _top(class_names: Sequence[str], scores: Tensor, k: int) -> Top:
@@ -37,7 +33,7 @@ def _top(class_names: Sequence[str], scores: Tensor, k: int) -> Top:
 @torch.inference_mode()
 def predict_tensor(model: nn.Module, x: Tensor, *, top_k: int = 1, defense: object = None) -> list[Top]:
     """Top-k (species, confidence) per image of a batch x (N, 3, H, W) in [0, 1] at the model's size."""
-    x = x.to(_device(model))
+    x = x.to(model_device(model))
     if isinstance(defense, SmoothingDefense):
         return [_smoothed_top(model, img[None], top_k, defense, defense.seed) for img in x]
     if defense is not None:
@@ -87,7 +83,7 @@ def _smoothed_rows(
     rows = []
     for i, path in enumerate(progress(paths, desc="predict", unit="img")):
         try:
-            x = data.load_tensor(path, model.image_size)[None].to(_device(model))
+            x = data.load_tensor(path, model.image_size)[None].to(model_device(model))
         except data.BadImageError as e:
             rows.append({"image": str(path), "top": [], "error": e.reason})
             continue

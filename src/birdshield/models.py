@@ -308,8 +308,21 @@ def prepare_for_inference(model: Classifier, device: str | torch.device = "auto"
     return model.to(memory_format=torch.channels_last) if device.type == "cpu" else model
 
 
-def load_for_inference(run_dir: str | Path | None, device: str | torch.device = "auto") -> Classifier:
-    """A run ready to predict or be attacked; None or "imagenet-birds": the offline ImageNet bird model."""
+def load_for_inference(
+    run_dir: str | Path | None, device: str | torch.device = "auto", runtime: str = "torch"
+) -> nn.Module:
+    """A run ready to predict or be attacked; None or "imagenet-birds": the offline ImageNet bird model.
+    runtime="onnx": onnxruntime on the run's cached ONNX export (forward only: no gradients, no attacks)."""
+    if runtime not in ("torch", "onnx"):
+        raise ValueError(f"runtime must be 'torch' or 'onnx', got {runtime!r}")
+    if runtime == "onnx":
+        from .export import OnnxClassifier, load_onnx
+        from .runtime import pick_device
+
+        device = pick_device(str(device))
+        if run_dir in (None, IMAGENET_BIRDS):
+            return OnnxClassifier.from_model(imagenet_birds_model(), device)
+        return load_onnx(run_dir, device)
     model = imagenet_birds_model() if run_dir in (None, IMAGENET_BIRDS) else load(run_dir)
     return prepare_for_inference(model, device)
 

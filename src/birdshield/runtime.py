@@ -59,6 +59,14 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's inputs go: its parameters' device; CPU for a model without any (an ONNX session)."""
+    import torch
+
+    param = next(model.parameters(), None)
+    return torch.device("cpu") if param is None else param.device
+
+
 def progress(iterable: Iterable, **kwargs: Any) -> tqdm:
     """A progress bar that stays silent when stderr is not a terminal (CI, logs, pipes)."""
     return tqdm(iterable, disable=not sys.stderr.isatty(), dynamic_ncols=True, leave=False, **kwargs)

@@ -40,3 +40,20 @@ def test_train_benchmark_explains_itself():
         timeout=60,
     )
     assert out.returncode == 0 and "plain" in out.stdout
+
+
+def test_predict_benchmark_runs_all_three_sides(tiny_data: Path):
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "bench_predict.py"),
+        "--data",
+        str(tiny_data),
+        "--limit",
+        "6",
+        "--threads",
+        "1",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("x\n") == 3 and "images/s" in out.stdout
+    assert "top-1 agreement (c) vs (b): 6/6" in out.stdout

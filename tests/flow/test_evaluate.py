@@ -35,6 +35,7 @@ from birdshield.evaluation.cascade import Tally
 from birdshield.evaluation.checks import final_flags
 from birdshield.models import load
 from birdshield.reporting.writers import write_evaluate_report
+from birdshield.stats import ci95
 
 EPS = (0.0, 0.5 / 255, 1 / 255, 2 / 255, 4 / 255)
 FAST = EvalConfig(
@@ -49,6 +50,7 @@ FAST = EvalConfig(
 )
 REPORT_KEYS = {"model", "split", "n", "clean_accuracy", "corruptions", "results", "ensemble", "flags"}
 REPORT_KEYS |= {"config", "seconds", "trained_against", "skipped", "bad_images"}
+REPORT_KEYS |= {"clean_ci95", "top5_accuracy", "top5_ci95", "per_class", "confused_pairs"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -100,7 +102,13 @@ def _by_eps(report: dict, eps: float) -> list[dict]:
 def test_eps_zero_is_clean_accuracy(cascade: dict, independent: dict) -> None:
     for report in (cascade, independent):
         assert report["clean_accuracy"] == 56 / 64
-        assert report["ensemble"][0] == {"norm": "linf", "eps": 0.0, "robust_accuracy": 56 / 64}
+        assert report["ensemble"][0] == {
+            "norm": "linf",
+            "eps": 0.0,
+            "robust_accuracy": 56 / 64,
+            "n": 64,
+            "ci95": ci95(56, 64),
+        }
         assert all(r["fooled"] == 0 for r in _by_eps(report, 0.0))
         assert report["flags"] == []
 
@@ -306,7 +314,7 @@ def test_report_files(cascade: dict, setup: tuple[nn.Module, Tensor, Tensor], tm
     md = write_evaluate_report(cascade, tmp_path, examples)
     saved = json.loads((tmp_path / "report.json").read_text())
     assert set(saved) >= REPORT_KEYS
-    keys = {"attack", "norm", "eps", "robust_accuracy", "fooled", "n_attacked", "n", "seconds"}
+    keys = {"attack", "norm", "eps", "robust_accuracy", "ci95", "fooled", "n_attacked", "n", "seconds"}
     assert set(saved["results"][0]) == keys
     assert {c["label"] for c in saved["corruptions"]} >= {"gaussian_noise std=0.1", "jpeg severity=1"}
     text = md.read_text()
@@ -334,7 +342,7 @@ def test_evaluate_samples_skips_bad_images(tiny_run: Path, tiny_data: Path, tmp_
 def test_evaluate_cli(tiny_run: Path, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "report"
     argv = ["evaluate", str(tiny_run), str(tiny_data), "--out", str(out), "--attacks", "fgsm,pgd,square"]
-    argv += ["--eps", "0,2/255,8/255", "--steps", "3", "--square-queries", "20", "--n", "9"]
+    argv += ["--eps", "0,2/255,8/255", "--steps", "3", "--square-queries", "20", "--n-images", "9"]
     argv += ["--corruptions", "gaussian_noise", "--severities", "1", "--noise-std", "0.1"]
     assert main([*argv, "--surrogate", str(tiny_run)]) == 0
     report = json.loads((out / "report.json").read_text())
@@ -468,7 +476,7 @@ def test_resumed_evaluation_gives_the_same_report(tiny_run: Path, tiny_data: Pat
 
 def test_evaluate_cli_resumes_after_sigkill(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
     argv = ["evaluate", str(tiny_run), str(tiny_data), "--attacks", "fgsm,pgd,square", "--steps", "3"]
-    argv += ["--eps", "8/255", "--square-queries", "20", "--n", "6", "--batch-size", "2"]
+    argv += ["--eps", "8/255", "--square-queries", "20", "--n-images", "6", "--batch-size", "2"]
     argv += ["--corruptions", "gaussian_noise", "--severities", "1", "--noise-std", "none"]
     assert main([*argv, "--out", str(tmp_path / "a")]) == 0
     out = tmp_path / "b"

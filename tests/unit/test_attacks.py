@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SHARED
 from torch import Tensor, nn
 
 from birdshield.attacks import ATTACKS, CORRUPTIONS, AttackResult, corrupt, get_attack, parse_eps
@@ -61,10 +62,16 @@ def setup() -> tuple[nn.Module, Tensor, Tensor]:
     with torch.random.fork_rng():
         torch.manual_seed(0)
         net = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
             nn.Linear(64, N_CLASSES),
-        )  # fmt: skip
+        )
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     for _ in range(50):
         xb, yb = _data(128, gen, templates)
@@ -300,8 +307,9 @@ def test_matches_torchattacks(norm: str, net: nn.Module, xy) -> None:
     eps, alpha = (LINF_EPS, LINF_EPS / 4) if norm == "linf" else (L2_EPS, L2_EPS / 4)
     theirs_pgd = torchattacks.PGD if norm == "linf" else torchattacks.PGDL2
     ref = theirs_pgd(net, eps=eps, alpha=alpha, steps=7, random_start=False)(x, y)
-    ours = ATTACKS["pgd"](net, x, y, eps=eps, norm=norm, steps=7, step_size=alpha, random_start=False,
-                          early_stop=False)  # fmt: skip
+    ours = ATTACKS["pgd"](
+        net, x, y, eps=eps, norm=norm, steps=7, step_size=alpha, random_start=False, early_stop=False
+    )
     # Their mean-reduced loss and 1e-10 guard differ from ours in the last float bits, and ReLU/max-pool
     # switches can amplify that over steps: allow a few flipped signs (Linf) / 1% of eps per image (L2).
     if norm == "linf":
@@ -458,6 +466,45 @@ def test_result_of_targeted_and_transfer_attacks(net: nn.Module, xy) -> None:
     assert counted.calls == 1  # the target is queried once, for the logits
     with torch.inference_mode():
         assert torch.equal(res.logits, net(res.x_adv))
+
+
+AUTOATTACK = SHARED / "peers" / "auto-attack"
+
+
+@pytest.mark.skipif(not AUTOATTACK.is_dir(), reason=f"reference AutoAttack not found at {AUTOATTACK}")
+def test_finds_as_many_adversarials_as_the_reference_autoattack(net: nn.Module, xy, monkeypatch) -> None:
+    """APGD-CE then APGD-T, same eps, iterations and targets: the reference may beat our cascade by at most
+    one image (random starts and tie-breaking differ); more would mean our evaluation misses attacks."""
+    monkeypatch.syspath_prepend(str(AUTOATTACK))
+    from autoattack import AutoAttack
+
+    from birdshield.evaluation import EvalConfig, evaluate
+
+    x, y = xy
+    aa = AutoAttack(
+        net,
+        norm="Linf",
+        eps=LINF_EPS,
+        version="custom",
+        attacks_to_run=["apgd-ce", "apgd-t"],
+        device="cpu",
+        verbose=False,
+        seed=0,
+    )
+    aa.apgd.n_iter, aa.apgd.n_restarts = 20, 1
+    aa.apgd_targeted.n_iter, aa.apgd_targeted.n_target_classes = 20, 3
+    reference = accuracy(net, aa.run_standard_evaluation(x, y, bs=len(y)), y)
+    cfg = EvalConfig(
+        attacks=("apgd-ce", "apgd-t"),
+        eps=(LINF_EPS,),
+        steps={"apgd-ce": 20, "apgd-t": 20},
+        n_target_classes=3,
+        corruptions=(),
+        noise_std=(),
+    )
+    ours = evaluate(net, [(x, y)], cfg)["ensemble"][0]["robust_accuracy"]
+    assert accuracy(net, x, y) > ours  # the attacks do something here
+    assert ours <= reference + 1 / len(y) + 1e-9
 
 
 # ---------------------------------------------------------------------------------- output file names

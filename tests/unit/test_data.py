@@ -575,3 +575,29 @@ def test_check_on_birds(birds_root: tuple[Path, int, dict[str, int]]) -> None:
     assert report["empty_classes"] == [] and not any(report["missing"].values())
     ds = data.discover(root)
     assert len(ds.class_names) == n_classes and {s: len(v) for s, v in ds.splits.items()} == totals
+
+
+def test_cub_subset_with_commas_and_ids_from_zero(tmp_path: Path, make_image) -> None:
+    """Public CUB-200 subsets write '0, Black_footed_Albatross/0000.jpg': comma-separated, 0-based ids."""
+    root = _cub(tmp_path, make_image, ["001.A", "002.B"], per_class=3)
+    for name in ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt"):
+        lines = (root / name).read_text().splitlines()
+        shifted = []
+        for line in lines:
+            key, value = line.split(" ", 1)
+            value = str(int(value) - 1) if name == "image_class_labels.txt" else value
+            shifted.append(f"{int(key) - 1}, {value}")
+        (root / name).write_text("\n".join(shifted) + "\n")
+    ds = data.discover(root)
+    assert ds.layout == "cub" and ds.class_names == ["001.A", "002.B"]
+    assert sum(len(ds.splits[s]) for s in data.SPLITS) == 6
+    assert all(s.path.parent.name == ds.class_names[s.label] for s in ds.splits["test"])
+
+
+def test_unreadable_cub_metadata_offers_the_species_folders(tmp_path: Path, make_image) -> None:
+    root = _cub(tmp_path, make_image, ["001.A", "002.B"], per_class=3)
+    (root / "images.txt").write_text("this is not a table\n")
+    with pytest.raises(DataError, match=r"line 1: expected(.|\n)*plain tree of species folders") as e:
+        data.discover(root)
+    assert str(root / "images") in str(e.value)
+    assert data.discover(root / "images").layout == "folders"  # what the message offers works

@@ -126,7 +126,18 @@ def test_certified_accuracy_and_subset() -> None:
 
 
 def test_certify_cli_lists_every_image(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
-    args = ["--sigma", "0.12", "--n0", "8", "--n", "40", "--alpha", "0.01", "--n-images", "6"]
+    args = [
+        "--sigma",
+        "0.12",
+        "--selection-samples",
+        "8",
+        "--samples",
+        "40",
+        "--alpha",
+        "0.01",
+        "--n-images",
+        "6",
+    ]
     assert main(["certify", str(tiny_run), str(tiny_data), *args, "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "certify.json").read_text())
     assert (result["sigma"], result["n0"], result["n"], len(result["images"])) == (0.12, 8, 40, 6)
@@ -293,7 +304,17 @@ def _certified_numbers(result: dict) -> dict:
 
 
 def test_certify_cli_resumes_after_sigkill(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
-    argv = ["certify", str(tiny_run), str(tiny_data), "--sigma", "0.12", "--n0", "8", "--n", "100"]
+    argv = [
+        "certify",
+        str(tiny_run),
+        str(tiny_data),
+        "--sigma",
+        "0.12",
+        "--selection-samples",
+        "8",
+        "--samples",
+        "100",
+    ]
     argv += ["--batch-size", "20", "--n-images", "6"]
     assert main([*argv, "--out", str(tmp_path / "a")]) == 0
     out = tmp_path / "b"

@@ -231,11 +231,6 @@ def inference_logits(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor) -
     return out.clone()
 
 
-def model_device(model: nn.Module) -> torch.device:
-    """Where the model's parameters are (CPU for a model without any)."""
-    return next(iter(model.parameters()), torch.empty(0)).device
-
-
 def generator(x: Tensor, seed: int) -> torch.Generator:
     """Local RNG on x's device, so attacks are reproducible and the global RNG is left alone."""
     return torch.Generator(device=x.device).manual_seed(int(seed))

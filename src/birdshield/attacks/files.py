@@ -17,8 +17,8 @@ from torch import Tensor, nn
 
 from .. import data
 from ..reporting.tables import csv_text
-from ..runtime import atomic_write_bytes, progress
-from .base import inference_logits, model_device
+from ..runtime import atomic_write_bytes, model_device, progress
+from .base import inference_logits
 from .registry import get_spec
 
 CSV_COLUMNS = [

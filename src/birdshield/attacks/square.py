@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import Attacked, attack_fn, generator, keep_rows, margin_loss, success
+from .base import Attacked, attack_fn, generator, margin_loss, success
 
 # Paper schedule for 10k queries: p is halved after each of these iterations (rescaled to n_queries).
 _P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -35,19 +35,18 @@ def _propose(delta: Tensor, side: int, eps: float, gen: torch.Generator) -> Tens
     window = (in_h[:, :, None] & in_w[:, None, :])[:, None]
     colour = eps * _signs((m, c, 1, 1), gen, delta)
     new = torch.where(window, colour, delta)
-    for _ in range(10):  # a window already painted that colour would waste a query: redraw
-        same = (new == delta).flatten(1).all(1)
-        if not same.any():
-            break
-        colour[same] = eps * _signs((int(same.sum()), c, 1, 1), gen, delta)
+    for _ in range(10):  # a window already painted that colour would waste a query: redraw it
+        # every round draws for every row, so an image's random stream never depends on the others
+        same = (new == delta).flatten(1).all(1).view(-1, 1, 1, 1)
+        colour = torch.where(same, eps * _signs((m, c, 1, 1), gen, delta), colour)
         new = torch.where(window, colour, delta)
     return new
 
 
-def _score(model: nn.Module, s: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-    """Query the model at x0 + delta: (margin to maximise, success, logits)."""
-    logits = model((s["x0"] + s["delta"]).clamp(0, 1))
-    return margin_loss(logits, s["y"], s.get("t")), success(logits, s["y"], s.get("t")), logits
+def _score(model: nn.Module, x: Tensor, delta: Tensor, y: Tensor, t: Tensor | None) -> tuple[Tensor, ...]:
+    """Query the model at x + delta: (margin to maximise, success, logits)."""
+    logits = model((x + delta).clamp(0, 1))
+    return margin_loss(logits, y, t), success(logits, y, t), logits
 
 
 @attack_fn
@@ -74,25 +73,24 @@ def square(
     x = x.detach()
     out, gen = Attacked(x), generator(x, seed)
     n, c, h, w = x.shape
-    s = {"idx": torch.arange(n, device=x.device), "x0": x, "y": y}
-    if target is not None:
-        s["t"] = target
-    s["delta"] = eps * _signs((n, c, 1, w), gen, x).expand(n, c, h, w).contiguous()
-    s["score"], s["ok"], s["logits"] = _score(model, s)
+    delta = eps * _signs((n, c, 1, w), gen, x).expand(n, c, h, w).contiguous()
+    score, ok, logits = _score(model, x, delta, y, target)
+    active = torch.ones(n, dtype=torch.bool, device=x.device)
     for it in range(1, n_queries):
         if early_stop:
-            out.store(s["idx"], (s["x0"] + s["delta"]).clamp(0, 1), s["ok"], s["logits"])
-            s = keep_rows(s, ~s["ok"])
-            if s["idx"].numel() == 0:
+            active &= ~ok
+            if not active.any():
                 break
         p = p_schedule(p_init, it, n_queries)
         side = min(max(round(math.sqrt(p * h * w)), 1), min(h, w) - 1)
-        trial = dict(s, delta=_propose(s["delta"], side, eps, gen))
-        score, ok, logits = _score(model, trial)
-        better = score > s["score"]
-        s["delta"] = torch.where(better.view(-1, 1, 1, 1), trial["delta"], s["delta"])
-        s["score"] = torch.where(better, score, s["score"])
-        s["ok"] = torch.where(better, ok, s["ok"])
-        s["logits"] = torch.where(better.view(-1, 1), logits, s["logits"])
-    out.store(s["idx"], (s["x0"] + s["delta"]).clamp(0, 1), logits=s["logits"])
+        # proposals for every row, queries for the active ones: early stop changes no image's trajectory
+        trial = _propose(delta, side, eps, gen)
+        rows = active.nonzero().squeeze(1)
+        t = None if target is None else target[rows]
+        trial_score, trial_ok, trial_logits = _score(model, x[rows], trial[rows], y[rows], t)
+        better = trial_score > score[rows]
+        kept = rows[better]
+        delta[kept], score[kept] = trial[kept], trial_score[better]
+        ok[kept], logits[kept] = trial_ok[better], trial_logits[better]
+    out.store(torch.arange(n, device=x.device), (x + delta).clamp(0, 1), logits=logits)
     return out

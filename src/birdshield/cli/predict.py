@@ -36,6 +36,13 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     options.add_batch_size(p, 32)
     options.add_device(p)
+    p.add_argument(
+        "--runtime",
+        choices=["torch", "onnx"],
+        default="torch",
+        help="'onnx': onnxruntime on RUN_DIR/model.onnx (exported on first use, again when the weights "
+        "change); the same CSV",
+    )
     g = p.add_argument_group("defence (input transforms are applied before the model)")
     options.add_defense(
         g,
@@ -75,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if not inputs:
         raise options.UsageError("no image files or folders given after the run directory")
     tune_cpu_allocator()
-    model = models.load_for_inference(run_dir, args.device)
+    model = models.load_for_inference(run_dir, args.device, runtime=args.runtime)
     rows = predict_files(
         model, data.list_images(inputs), top_k=args.top_k, batch_size=args.batch_size, defense=defense
     )

@@ -11,6 +11,7 @@ import difflib
 import math
 import os
 import random
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -133,19 +134,41 @@ def _scan(root: Path) -> _Scan:
     if "train" in split_dirs:
         return _scan_kaggle(root, split_dirs)
     if any((root / name).exists() for name in _CUB_FILES):
-        return _scan_cub(root)
+        return _scan_cub_or_folders(root)
     if split_dirs:
         names = ", ".join(f"{p.name}/" for p in split_dirs.values())
         raise DataError(
             f"{root} has {names} but no train/ folder; add train/<class>/ folders.\n{_LAYOUT_HELP}"
         )
-    classes = {d.name: _image_files(d) for d in _subfolders(root)}
-    if any(classes.values()):
-        empty = [root / name for name, files in classes.items() if not files]
-        return _Scan(root, "folders", sorted(classes), {"all": classes}, empty)
+    scan = _scan_folders(root)
+    if scan is not None:
+        return scan
     raise DataError(
         f"{root}: no dataset layout recognised (no class folders holding images).\n{_LAYOUT_HELP}"
     )
+
+
+def _scan_folders(root: Path) -> _Scan | None:
+    """ROOT/<class>/*.jpg, or None when no class folder holds an image."""
+    classes = {d.name: _image_files(d) for d in _subfolders(root)}
+    if not any(classes.values()):
+        return None
+    empty = [root / name for name, files in classes.items() if not files]
+    return _Scan(root, "folders", sorted(classes), {"all": classes}, empty)
+
+
+def _scan_cub_or_folders(root: Path) -> _Scan:
+    """CUB from its metadata; when that cannot be read but images/<species>/ is a plain class-folder tree
+    (as public CUB subsets ship it), the error offers that tree instead of only stopping."""
+    try:
+        return _scan_cub(root)
+    except DataError as e:
+        if _scan_folders(root / "images") is None:
+            raise
+        raise DataError(
+            f"{e}\n{root / 'images'} is a plain tree of species folders: to use it without the CUB metadata "
+            f"(split 70/15/15 here), pass {root / 'images'} as the dataset"
+        ) from e
 
 
 def _split_dirs(root: Path) -> dict[str, Path]:
@@ -174,8 +197,12 @@ def _scan_kaggle(root: Path, split_dirs: dict[str, Path]) -> _Scan:
     return _Scan(root, "kaggle", sorted(files["train"]), files, sorted(empty))
 
 
+_CUB_LINE = re.compile(r"\s*(\d+)\s*[,\s]\s*(\S.*?)\s*")  # '<id> <value>' or '<id>, <value>'
+
+
 def _read_table(path: Path, what: str) -> dict[int, str]:
-    """Parse CUB's '<id> <value>' lines; values keep inner spaces."""
+    """Parse CUB's '<id> <value>' lines (or '<id>, <value>', as subsets write them); ids may start at 0 or
+    1, as long as the files agree; values keep inner spaces."""
     if not path.is_file():
         raise DataError(f"{path}: missing; a CUB-200-2011 folder needs {', '.join(_CUB_FILES)} and images/")
     try:
@@ -184,14 +211,17 @@ def _read_table(path: Path, what: str) -> dict[int, str]:
         raise DataError(f"{path}: cannot read it as UTF-8 text ({e})") from e
     table: dict[int, str] = {}
     for number, line in enumerate(lines, 1):
-        parts = line.split(maxsplit=1)
-        if not parts:
+        if not line.strip():
             continue
-        if len(parts) != 2 or not parts[0].isdigit():
-            raise DataError(f"{path}, line {number}: expected '<id> <{what}>', got {line!r}")
-        if int(parts[0]) in table:
-            raise DataError(f"{path}, line {number}: id {parts[0]} appears twice")
-        table[int(parts[0])] = parts[1].rstrip()
+        match = _CUB_LINE.fullmatch(line)
+        if match is None:
+            raise DataError(
+                f"{path}, line {number}: expected '<id> <{what}>' or '<id>, <{what}>', got {line!r}"
+            )
+        key, value = int(match[1]), match[2]
+        if key in table:
+            raise DataError(f"{path}, line {number}: id {key} appears twice")
+        table[key] = value
     return table
 
 

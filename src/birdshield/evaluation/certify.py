@@ -12,20 +12,24 @@ import torch
 from torch import nn
 
 from .. import data
-from ..attacks.base import model_device
 from ..defenses.smoothing import ABSTAIN, Smoothed
 from ..reporting.markdown import DEFAULT_RADII
 from ..reporting.writers import write_certify_report
-from ..runtime import progress
+from ..runtime import model_device, progress
+from ..stats import ci95
 from .state import CertifyLog, model_fingerprint, prepare_out_dir, samples_digest
 
 
-def certified_accuracy(images: Sequence[dict], radii: Sequence[float]) -> list[dict[str, float]]:
+def certified_accuracy(images: Sequence[dict], radii: Sequence[float]) -> list[dict[str, Any]]:
     """Fraction of (readable) images classified correctly with a certified radius >= r, for each r."""
     ok = [im for im in images if not im.get("error")]
     good = [im["radius"] for im in ok if im["correct"]]
-    total = max(1, len(ok))
-    return [{"radius": r, "accuracy": sum(g >= r for g in good) / total} for r in radii]
+    counts = [sum(g >= r for g in good) for r in radii]
+    n = len(ok)
+    return [
+        {"radius": r, "accuracy": k / max(1, n), "n": n, "ci95": ci95(k, n)}
+        for r, k in zip(radii, counts, strict=True)
+    ]
 
 
 def _radius_grid(images: Sequence[dict]) -> list[float]:

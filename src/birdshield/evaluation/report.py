@@ -7,16 +7,20 @@ Report schema (``evaluate`` returns it; ``reporting.write_evaluate_report`` stor
     split:          dataset split name or None
     n:              images evaluated (readable ones)
     clean_accuracy: fraction of the n images classified correctly
+    clean_ci95:     its 95% Clopper-Pearson interval [low, high]; every accuracy below has its own "ci95"
+    top5_accuracy:  fraction whose true class is among the 5 highest logits (top5_ci95 its interval)
+    per_class:      [{class, n, accuracy, ci95}] clean accuracy per class, worst first
+    confused_pairs: [{true, predicted, count}] the most frequent clean mistakes (at most 20), most first
     trained_against: the run's recorded {adversarial: {method, eps, ...}, noise_max, noise_sigma}
                     (rebuilt from older runs' training config; None without training metadata)
-    corruptions:    [{name, severity, std, label, accuracy}]  severity None when an explicit noise std is
-                    used; label e.g. "jpeg severity=3" or "gaussian_noise std=0.1"
-    results:        [{attack, norm, eps, robust_accuracy, fooled, n_attacked, n, seconds}] per eps, in
+    corruptions:    [{name, severity, std, label, accuracy, ci95}]  severity None when an explicit noise
+                    std is used; label e.g. "jpeg severity=3" or "gaussian_noise std=0.1"
+    results:        [{attack, norm, eps, robust_accuracy, ci95, fooled, n_attacked, n, seconds}] per eps, in
                     cascade order. Cascade: robust_accuracy = fraction of all n images still correct after
                     this attack and every earlier one; fooled = images newly fooled by this attack;
                     n_attacked = images it ran on (the survivors of the previous attack). Independent mode:
                     every attack runs on all clean-correct images and robust_accuracy is its own.
-    ensemble:       [{norm, eps, robust_accuracy}] worst case per image over all attacks
+    ensemble:       [{norm, eps, robust_accuracy, n, ci95}] worst case per image over all attacks
     flags:          [{flag, detail}] sanity checks that failed (see ``checks``); [] when none
     skipped:        [{attack, reason}] requested attacks that cannot run here (wrong norm, too few classes)
     bad_images:     [{path, error}] unreadable files left out of n
@@ -30,6 +34,7 @@ from typing import Any
 
 from torch import nn
 
+from ..stats import ci95
 from .cascade import Tally, corruption_specs
 from .checks import final_flags
 from .config import EvalConfig, config_dict
@@ -51,6 +56,30 @@ def trained_against(meta: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def per_class(tally: Tally, class_names: list[str] | None) -> list[dict[str, Any]]:
+    """Clean accuracy of each class seen, worst first (ties by name)."""
+    name = (lambda i: class_names[i]) if class_names else str
+    rows = [
+        {
+            "class": name(c),
+            "n": k,
+            "accuracy": tally.per_class_correct[c] / k,
+            "ci95": ci95(tally.per_class_correct[c], k),
+        }
+        for c, k in tally.per_class.items()
+    ]
+    return sorted(rows, key=lambda r: (r["accuracy"], r["class"]))
+
+
+def confused_pairs(tally: Tally, class_names: list[str] | None, most: int = 20) -> list[dict[str, Any]]:
+    name = (lambda i: class_names[int(i)]) if class_names else str
+    pairs = sorted(tally.confused.items(), key=lambda kv: (-kv[1], kv[0]))[:most]
+    return [
+        {"true": name(t), "predicted": name(p), "count": k}
+        for (t, p), k in ((key.split(","), k) for key, k in pairs)
+    ]
+
+
 def build_report(
     tally: Tally, cfg: EvalConfig, model: nn.Module, plan: list[str], skipped: list, seconds: float
 ) -> dict[str, Any]:
@@ -63,6 +92,7 @@ def build_report(
             "norm": cfg.norm,
             "eps": e,
             "robust_accuracy": tally.attacks[(e, name)].robust / n,
+            "ci95": ci95(tally.attacks[(e, name)].robust, n),
             "fooled": tally.attacks[(e, name)].fooled,
             "n_attacked": tally.attacks[(e, name)].n_attacked,
             "n": n,
@@ -72,7 +102,8 @@ def build_report(
         for name in plan
     ]
     corruptions = [
-        {k: s[k] for k in ("name", "severity", "std", "label")} | {"accuracy": tally.corrupt[s["label"]] / n}
+        {k: s[k] for k in ("name", "severity", "std", "label")}
+        | {"accuracy": tally.corrupt[s["label"]] / n, "ci95": ci95(tally.corrupt[s["label"]], n)}
         for s in corruption_specs(cfg)
     ]
     return {
@@ -85,10 +116,24 @@ def build_report(
         "split": None,
         "n": n,
         "clean_accuracy": tally.clean / n,
+        "clean_ci95": ci95(tally.clean, n),
+        "top5_accuracy": tally.top5 / n,
+        "top5_ci95": ci95(tally.top5, n),
+        "per_class": per_class(tally, classes),
+        "confused_pairs": confused_pairs(tally, classes),
         "trained_against": trained_against(meta),
         "corruptions": corruptions,
         "results": results,
-        "ensemble": [{"norm": cfg.norm, "eps": e, "robust_accuracy": tally.ensemble[e] / n} for e in cfg.eps],
+        "ensemble": [
+            {
+                "norm": cfg.norm,
+                "eps": e,
+                "robust_accuracy": tally.ensemble[e] / n,
+                "n": n,
+                "ci95": ci95(tally.ensemble[e], n),
+            }
+            for e in cfg.eps
+        ],
         "flags": final_flags(tally, cfg, plan),
         "skipped": skipped,
         "bad_images": [],

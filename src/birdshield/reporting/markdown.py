@@ -9,12 +9,18 @@ from typing import Any
 
 from ..attacks.eps import format_eps
 from ..attacks.registry import get_spec
+from ..stats import ci95_of
 
 DEFAULT_RADII = (0.0, 0.125, 0.25, 0.375, 0.5, 0.75, 1.0)  # certify's table rows (always on its curve)
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
+def pct_ci(accuracy: float, n: int, ci: list[float] | None = None) -> str:
+    """'57.3% (49.0-65.3)': the accuracy and its 95% Clopper-Pearson interval (computed if not stored)."""
+    low, high = ci or ci95_of(accuracy, n)
+    return f"{100 * accuracy:.1f}% ({100 * low:.1f}-{100 * high:.1f})"
+
+
+CI_NOTE = "95% Clopper-Pearson intervals in parentheses"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -26,12 +32,12 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def robustness_table(report: dict[str, Any]) -> list[str]:
     """Markdown rows: one line per attack in cascade order, then the ensemble; one column per eps."""
     eps = [e["eps"] for e in report["ensemble"]]
-    acc = {(r["attack"], r["eps"]): r["robust_accuracy"] for r in report["results"]}
+    n = report["n"]
+    acc = {(r["attack"], r["eps"]): pct_ci(r["robust_accuracy"], n, r.get("ci95")) for r in report["results"]}
     attacks = list(dict.fromkeys(r["attack"] for r in report["results"]))
-    rows = [[a] + [_pct(acc[(a, e)]) for e in eps] for a in attacks]
-    rows.append(
-        ["**ensemble (worst case)**"] + [f"**{_pct(e['robust_accuracy'])}**" for e in report["ensemble"]]
-    )
+    rows = [[a] + [acc[(a, e)] for e in eps] for a in attacks]
+    ensemble = [f"**{pct_ci(e['robust_accuracy'], n, e.get('ci95'))}**" for e in report["ensemble"]]
+    rows.append(["**ensemble (worst case)**", *ensemble])
     return _table(["attack"] + [format_eps(e) for e in eps], rows)
 
 
@@ -53,14 +59,23 @@ def _mode_note(report: dict[str, Any]) -> str:
 def format_summary(report: dict[str, Any]) -> str:
     """The few lines printed after an evaluation: clean, robust table, noise at the explicit stds, flags."""
     norm = report["ensemble"][0]["norm"] if report["ensemble"] else ""
-    lines = [f"clean accuracy: {_pct(report['clean_accuracy'])} of {report['n']} images", ""]
+    clean = pct_ci(report["clean_accuracy"], report["n"], report.get("clean_ci95"))
+    lines = [f"clean accuracy: {clean} of {report['n']} images ({CI_NOTE})"]
+    if "top5_accuracy" in report:
+        lines.append(
+            f"top-5 accuracy: {pct_ci(report['top5_accuracy'], report['n'], report.get('top5_ci95'))}"
+        )
+    lines.append("")
     if report["model"].get("defense"):
         lines = [f"defence: {report['model']['defense']} (attacked through it with BPDA)", *lines]
     if report["results"]:
         lines += [f"robust accuracy ({norm}); {_mode_note(report)}", *robustness_table(report), ""]
     noise = [c for c in report["corruptions"] if c["std"] is not None]
     if noise:
-        lines += ["; ".join(f"{c['label']}: {_pct(c['accuracy'])}" for c in noise), ""]
+        lines += [
+            "; ".join(f"{c['label']}: {pct_ci(c['accuracy'], report['n'], c.get('ci95'))}" for c in noise),
+            "",
+        ]
     return "\n".join(lines + ["sanity flags:", *_flag_lines(report)])
 
 
@@ -77,7 +92,14 @@ def report_markdown(report: dict[str, Any], plots: list[str]) -> str:
         f"- attacks ({cfg['norm']}): {_attacks_text(report)}; seed {cfg['seed']}; "
         f"{report['seconds']:.0f} s in all",
         "",
-        f"## Clean accuracy: {_pct(report['clean_accuracy'])}",
+        f"## Clean accuracy: {pct_ci(report['clean_accuracy'], report['n'], report.get('clean_ci95'))}",
+        "",
+        *(
+            [f"Top-5 accuracy: {pct_ci(report['top5_accuracy'], report['n'], report.get('top5_ci95'))}", ""]
+            if "top5_accuracy" in report
+            else []
+        ),
+        f"Every accuracy is of the {report['n']} images, with its {CI_NOTE}.",
         "",
         "## Sanity flags",
         "",
@@ -90,10 +112,33 @@ def report_markdown(report: dict[str, Any], plots: list[str]) -> str:
     for s in report.get("skipped", []):
         lines.append(f"- skipped {s['attack']}: {s['reason']}")
     if report["corruptions"]:
-        rows = [[c["label"], _pct(c["accuracy"])] for c in report["corruptions"]]
+        rows = [
+            [c["label"], pct_ci(c["accuracy"], report["n"], c.get("ci95"))] for c in report["corruptions"]
+        ]
         lines += ["", "## Corruptions", "", *_table(["corruption", "accuracy"], rows), ""]
+    lines += _class_sections(report)
     lines += [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _class_sections(report: dict[str, Any], most: int = 15) -> list[str]:
+    """The worst classes and the most confused pairs: readable at 500 classes (all are in report.json)."""
+    classes, pairs = report.get("per_class") or [], report.get("confused_pairs") or []
+    lines = []
+    if len(classes) > 1:
+        shown = classes[:most]
+        rows = [[c["class"], str(c["n"]), pct_ci(c["accuracy"], c["n"], c.get("ci95"))] for c in shown]
+        more = f" ({len(shown)} of {len(classes)}; all in report.json)" if len(classes) > most else ""
+        lines += [
+            "",
+            f"## Clean accuracy per class, worst first{more}",
+            "",
+            *_table(["class", "n", "accuracy"], rows),
+        ]
+    if pairs:
+        rows = [[p["true"], p["predicted"], str(p["count"])] for p in pairs[:most]]
+        lines += ["", "## Most confused (clean)", "", *_table(["true", "predicted as", "images"], rows)]
+    return lines + ([""] if lines else [])
 
 
 def _attacks_text(report: dict[str, Any]) -> str:
@@ -133,7 +178,8 @@ def _detail_table(report: dict[str, Any]) -> list[str]:
 
 def certify_table(result: dict[str, Any]) -> str:
     """Markdown: parameters and certified accuracy at the standard radii."""
-    curve = {row["radius"]: row["accuracy"] for row in result["certified_accuracy"]}
+    curve = {row["radius"]: row for row in result["certified_accuracy"]}
+    n = result["n_images"]
     lines = [
         f"Randomized smoothing: sigma={result['sigma']}, n0={result['n0']}, n={result['n']}, "
         f"alpha={result['alpha']}, {result['n_images']} images "
@@ -143,8 +189,8 @@ def certify_table(result: dict[str, Any]) -> str:
         f"- abstained: {100 * result['abstain_rate']:.1f}%",
         f"- time: {result['seconds_per_image']:.3f} s per image",
         "",
-        "| L2 radius | certified accuracy |",
+        f"| L2 radius | certified accuracy ({CI_NOTE}) |",
         "|---:|---:|",
     ]
-    lines += [f"| {r:.3f} | {100 * curve[r]:.1f}% |" for r in DEFAULT_RADII]
+    lines += [f"| {r:.3f} | {pct_ci(curve[r]['accuracy'], n, curve[r].get('ci95'))} |" for r in DEFAULT_RADII]
     return "\n".join(lines) + "\n"

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 
 from ..attacks.eps import format_eps
 from ..runtime import atomic_write_bytes
+from ..stats import ci95_of
 
 DPI = 100
 _STYLE = {
@@ -54,6 +55,11 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _yerr(points: list[tuple[float, list[float]]]) -> list[list[float]]:
+    """matplotlib's asymmetric error bars, in percent, from (accuracy, [low, high]) pairs."""
+    return [[100 * (a - lo) for a, (lo, _) in points], [100 * (hi - a) for a, (_, hi) in points]]
+
+
 def plot_training_curves(history: list[dict], path: str | Path) -> None:
     """Accuracy and loss per epoch, train vs valid (plus the robust metrics when the run records them).
 
@@ -64,6 +70,10 @@ def plot_training_curves(history: list[dict], path: str | Path) -> None:
         for split in ("train", "valid"):
             ax_acc.plot(epochs, [100 * h[f"{split}_accuracy"] for h in history], marker="o", label=split)
             ax_loss.plot(epochs, [h[f"{split}_loss"] for h in history], marker="o", label=split)
+        if all("valid_accuracy_ci95_low" in h for h in history):
+            low = [100 * h["valid_accuracy_ci95_low"] for h in history]
+            high = [100 * h["valid_accuracy_ci95_high"] for h in history]
+            ax_acc.fill_between(epochs, low, high, color="C1", alpha=0.15, label="valid 95% CI")
         for key, label in (
             ("valid_robust_accuracy", "valid, PGD"),
             ("train_pgd_accuracy", "train batch, PGD"),
@@ -88,9 +98,24 @@ def plot_accuracy_vs_eps(report: dict[str, Any], path: str | Path) -> None:
         for attack in dict.fromkeys(r["attack"] for r in report["results"]):
             ys = [100 * r["robust_accuracy"] for r in report["results"] if r["attack"] == attack]
             ax.plot(eps, ys, marker=".", alpha=0.7, label=attack)
-        ensemble = [100 * e["robust_accuracy"] for e in report["ensemble"]]
-        ax.plot(eps, ensemble, "k-o", lw=2.5, label="ensemble")
-        ax.axhline(100 * report["clean_accuracy"], color="grey", ls="--", label="clean")
+        n = report["n"]
+        ens = [
+            (e["robust_accuracy"], e.get("ci95") or ci95_of(e["robust_accuracy"], n))
+            for e in report["ensemble"]
+        ]
+        ax.errorbar(
+            eps,
+            [100 * a for a, _ in ens],
+            yerr=_yerr(ens),
+            fmt="k-o",
+            lw=2.5,
+            capsize=3,
+            label="ensemble (95% CI)",
+        )
+        clean = report["clean_accuracy"]
+        low, high = report.get("clean_ci95") or ci95_of(clean, n)
+        ax.axhline(100 * clean, color="grey", ls="--", label=f"clean (n={n})")
+        ax.axhspan(100 * low, 100 * high, color="grey", alpha=0.15)
         ax.set(
             xlabel=f"eps ({norm}{unit})",
             ylabel="accuracy (%)",
@@ -124,10 +149,39 @@ def plot_certified(result: dict[str, Any], path: str | Path) -> None:
     curve = result["certified_accuracy"]
     with _figure(path, (5, 4)) as ax:
         radii = [row["radius"] for row in curve]
-        ax.plot(radii, [100 * row["accuracy"] for row in curve], drawstyle="steps-pre")
+        ax.plot(radii, [100 * row["accuracy"] for row in curve], drawstyle="steps-pre", label="certified")
+        if all("ci95" in row for row in curve):
+            low, high = ([100 * row["ci95"][i] for row in curve] for i in (0, 1))
+            ax.fill_between(radii, low, high, step="pre", alpha=0.2, label="95% CI")
+            ax.legend()
         ax.set(
             xlabel="L2 radius (pixel units of [0,1] images)",
             ylabel="certified accuracy (%)",
             title=f"Randomized smoothing, sigma = {result['sigma']}",
             ylim=(0, 100),
         )
+
+
+def plot_comparison(reports: list[tuple[str, dict[str, Any]]], path: str | Path) -> None:
+    """Ensemble robust accuracy vs eps for several evaluate reports (eps 0 is clean), with 95% intervals."""
+    with _figure(path, (6, 4)) as ax:
+        norms = set()
+        for name, report in reports:
+            n = report["n"]
+            points = [(0.0, report["clean_accuracy"], report.get("clean_ci95"))]
+            points += [(e["eps"], e["robust_accuracy"], e.get("ci95")) for e in report["ensemble"]]
+            norms |= {e["norm"] for e in report["ensemble"]}
+            scale = 255 if report["ensemble"] and report["ensemble"][0]["norm"] == "linf" else 1
+            acc = [(a, ci or ci95_of(a, n)) for _, a, ci in points]
+            xs = [eps * scale for eps, _, _ in points]
+            ax.errorbar(
+                xs, [100 * a for a, _ in acc], yerr=_yerr(acc), marker="o", capsize=3, label=f"{name} (n={n})"
+            )
+        unit = " x 1/255" if norms == {"linf"} else ""
+        ax.set(
+            xlabel=f"eps ({'/'.join(sorted(norms))}{unit}; 0 = clean)",
+            ylabel="accuracy (%)",
+            ylim=(-2, 102),
+            title="Ensemble robust accuracy",
+        )
+        ax.legend()

@@ -25,6 +25,7 @@ from ..models import CheckpointError, Classifier, create_model, save_checkpoint
 from ..reporting.plots import plot_training_curves
 from ..reporting.tables import csv_text
 from ..runtime import atomic_write_bytes, progress, tune_cpu_allocator
+from ..stats import ci95_of
 from .augment import augment
 from .batches import autocast, make_loader, to_device
 from .config import TrainConfig
@@ -111,8 +112,10 @@ def _overfit_probe(train_ds: data.ImageDataset, cfg: TrainConfig, device: torch.
 
 
 def _write_history(out: Path, history: list[dict]) -> None:
-    header = list(history[0])
-    rows = [[f"{h[k]:.6g}" if isinstance(h[k], float) else str(h[k]) for k in header] for h in history]
+    header = list(dict.fromkeys(k for h in history for k in h))  # rows of a resumed older run lack new keys
+    rows = [
+        [f"{h[k]:.6g}" if isinstance(h.get(k), float) else str(h.get(k, "")) for k in header] for h in history
+    ]
     atomic_write_bytes(out / "history.csv", csv_text([header, *rows]).encode())
     plot_training_curves(history, out / "curves.png")
 
@@ -263,6 +266,9 @@ def _history_row(epoch: int, opt: torch.optim.Optimizer, trained: dict, valid: d
         "train_accuracy": trained["accuracy"],
         "valid_loss": valid["loss"],
         "valid_accuracy": valid["accuracy"],
+        "valid_n": valid["n"],  # with the 95% interval: a few hundred valid images make noisy epochs
+        "valid_accuracy_ci95_low": (ci := ci95_of(valid["accuracy"], valid["n"]))[0],
+        "valid_accuracy_ci95_high": ci[1],
     }
     if "robust_accuracy" in valid:
         row["valid_robust_accuracy"] = valid["robust_accuracy"]

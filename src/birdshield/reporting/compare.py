@@ -1,0 +1,117 @@
+"""Several evaluate/certify report folders side by side: one Markdown table and one plot.
+
+Every cell is an accuracy with its 95% Clopper-Pearson interval, so two models whose intervals overlap
+are not read as different. Reports written before intervals were stored get them computed from n.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..attacks.eps import format_eps
+from ..errors import DataError
+from .markdown import pct_ci
+
+REPORT, CERTIFY = "report.json", "certify.json"
+
+
+@dataclass
+class Reports:
+    """What one folder holds: an evaluate report, a certify result, or both."""
+
+    name: str
+    evaluate: dict[str, Any] | None
+    certify: dict[str, Any] | None
+
+
+def load_reports(folder: str | Path, name: str | None = None) -> Reports:
+    """Read FOLDER/report.json and FOLDER/certify.json (a path to either file works too)."""
+    path = Path(folder)
+    folder = path.parent if path.is_file() else path
+    found = {f: json.loads((folder / f).read_text()) for f in (REPORT, CERTIFY) if (folder / f).is_file()}
+    if not found:
+        raise DataError(f"{folder}: no {REPORT} or {CERTIFY}; pass folders written by evaluate or certify")
+    return Reports(name or folder.name, found.get(REPORT), found.get(CERTIFY))
+
+
+def _noise_stds(reports: list[Reports]) -> list[float]:
+    stds = {
+        c["std"] for r in reports if r.evaluate for c in r.evaluate["corruptions"] if c["std"] is not None
+    }
+    return sorted(stds)
+
+
+def _threats(reports: list[Reports], attack: str | None) -> list[tuple[str, float]]:
+    """(norm, eps) pairs of the ensemble (attack None) or of one attack's rows, in every report."""
+    pairs = set()
+    for r in reports:
+        if r.evaluate:
+            rows = r.evaluate["ensemble"] if attack is None else r.evaluate["results"]
+            pairs |= {(e["norm"], e["eps"]) for e in rows if attack is None or e["attack"] == attack}
+    return sorted(pairs)
+
+
+def _cell(entry: dict[str, Any] | None, key: str, n: int) -> str:
+    return "–" if entry is None else pct_ci(entry[key], n, entry.get("ci95"))
+
+
+def compare_table(reports: list[Reports], radii: tuple[float, ...] = (0.25, 0.5)) -> list[str]:
+    """Markdown rows: one per report folder; clean, noise, ensemble per eps, transfer, certified radii."""
+    stds, ensemble, transfer = _noise_stds(reports), _threats(reports, None), _threats(reports, "transfer")
+    certify = any(r.certify for r in reports)
+    header = ["report", "n", "clean"] + [f"noise std {s:g}" for s in stds]
+    header += [f"ensemble {norm} {format_eps(e)}" for norm, e in ensemble]
+    header += [f"transfer {norm} {format_eps(e)}" for norm, e in transfer]
+    header += [f"certified r={r:g}" for r in radii] if certify else []
+    rows = []
+    for r in reports:
+        row = [r.name]
+        if r.evaluate:
+            ev, n = r.evaluate, r.evaluate["n"]
+            noise = {c["std"]: c for c in ev["corruptions"] if c["std"] is not None}
+            by_eps = {(e["norm"], e["eps"]): e for e in ev["ensemble"]}
+            by_transfer = {(e["norm"], e["eps"]): e for e in ev["results"] if e["attack"] == "transfer"}
+            row += [str(n), pct_ci(ev["clean_accuracy"], n, ev.get("clean_ci95"))]
+            row += [_cell(noise.get(s), "accuracy", n) for s in stds]
+            row += [_cell(by_eps.get(t), "robust_accuracy", n) for t in ensemble]
+            row += [_cell(by_transfer.get(t), "robust_accuracy", n) for t in transfer]
+        else:
+            row += [str(r.certify["n_images"]), "–"] + ["–"] * (len(stds) + len(ensemble) + len(transfer))
+        if certify:
+            row += [_certified(r.certify, radius) for radius in radii]
+        rows.append(row)
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(row) + " |" for row in rows
+    ]
+
+
+def _certified(result: dict[str, Any] | None, radius: float) -> str:
+    """Certified accuracy at `radius`: the curve's value at the largest listed radius not above it."""
+    if result is None:
+        return "–"
+    at = [row for row in result["certified_accuracy"] if row["radius"] <= radius + 1e-12]
+    row = max(at, key=lambda row: row["radius"])
+    return pct_ci(row["accuracy"], result["n_images"], row.get("ci95"))
+
+
+def compare_markdown(reports: list[Reports], radii: tuple[float, ...] = (0.25, 0.5)) -> str:
+    lines = ["# Robustness compared", "", "Accuracies with their 95% Clopper-Pearson intervals.", ""]
+    lines += compare_table(reports, radii)
+    flags = [f"- {r.name}: {f['flag']}" for r in reports if r.evaluate for f in r.evaluate["flags"]]
+    lines += ["", "Sanity flags:" if flags else "No sanity flag in any report.", *flags]
+    return "\n".join(lines) + "\n"
+
+
+def write_comparison(reports: list[Reports], out: str | Path, radii: tuple[float, ...] = (0.25, 0.5)) -> Path:
+    """OUT/compare.md and, when any report has an ensemble, OUT/compare.png."""
+    from ..runtime import atomic_write_bytes
+    from .plots import plot_comparison
+
+    out = Path(out)
+    atomic_write_bytes(out / "compare.md", compare_markdown(reports, radii).encode())
+    if any(r.evaluate and r.evaluate["ensemble"] for r in reports):
+        plot_comparison([(r.name, r.evaluate) for r in reports if r.evaluate], out / "compare.png")
+    return out / "compare.md"

@@ -1,0 +1,58 @@
+"""Error bars: Clopper-Pearson intervals, their place in every report, and `compare` over report folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from scipy.stats import binomtest
+
+from birdshield.cli import main
+from birdshield.reporting.compare import compare_table, load_reports
+from birdshield.stats import ci95, clopper_pearson
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 150), (1, 150), (73, 150), (145, 150), (150, 150), (3, 7)])
+def test_clopper_pearson_equals_scipys_exact_binomial_interval(k: int, n: int):
+    expected = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+    assert clopper_pearson(k, n) == pytest.approx((expected.low, expected.high), abs=1e-9)
+
+
+def test_interval_contains_the_estimate_and_narrows_with_n():
+    for k, n in [(5, 10), (50, 100), (500, 1000)]:
+        low, high = ci95(k, n)
+        assert low <= k / n <= high
+    assert ci95(500, 1000)[1] - ci95(500, 1000)[0] < ci95(5, 10)[1] - ci95(5, 10)[0]
+    with pytest.raises(ValueError):
+        clopper_pearson(3, 2)
+
+
+def _report(n: int, clean: int, robust: list[int], eps: list[float]) -> dict:
+    return {
+        "n": n,
+        "clean_accuracy": clean / n,
+        "corruptions": [{"std": 0.1, "label": "gaussian_noise std=0.1", "accuracy": clean / n}],
+        "ensemble": [
+            {"norm": "linf", "eps": e, "robust_accuracy": r / n} for e, r in zip(eps, robust, strict=True)
+        ],
+        "results": [],
+        "flags": [],
+    }
+
+
+def test_compare_puts_reports_side_by_side_with_intervals(tmp_path: Path, capsys):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "report.json").write_text(json.dumps(_report(150, 145, [80, 40], [1 / 255, 2 / 255])))
+    (tmp_path / "b" / "report.json").write_text(json.dumps(_report(30, 27, [10], [2 / 255])))
+    table = compare_table([load_reports(tmp_path / "a"), load_reports(tmp_path / "b")])
+    assert "ensemble linf 1/255" in table[0] and "ensemble linf 2/255" in table[0]
+    row_a, row_b = table[2], table[3]
+    assert "96.7% (92.4-98.9)" in row_a and "26.7% (19.8-34.5)" in row_a
+    assert "| – |" in row_b  # b has no 1/255 entry
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c")]) == 0
+    assert (tmp_path / "c" / "compare.md").read_text().count("\n| ") == 3
+    assert (tmp_path / "c" / "compare.png").stat().st_size > 0
+    assert main(["compare", str(tmp_path / "nothing")]) == 2
+    assert "no report.json" in capsys.readouterr().err
