@@ -12,9 +12,9 @@ import sys
 import traceback
 
 from .. import __version__
-from . import attack, certify, data, demo, evaluate, options, predict, train
+from . import attack, certify, data, demo, evaluate, options, predict, serve, train
 
-COMMANDS = [train, predict, data, evaluate, attack, certify, demo]
+COMMANDS = [train, predict, data, evaluate, attack, certify, demo, serve]
 
 
 def build_parser(train_preset: str | None = None) -> argparse.ArgumentParser:
