@@ -195,7 +195,8 @@ def test_stop_cancels_only_the_owners_running_job(photo):
 def test_reports_are_listed_and_opened_only_under_the_root(tmp_path: Path):
     root, outside = tmp_path / "reports", tmp_path / "private"
     (root / "runs" / "eval").mkdir(parents=True)
-    (root / "runs" / "eval" / "report.md").write_text("# Robustness report\n| a | b |\n|---|---|\n")
+    text = "# Robustness report\n| a | b |\n|---|---|\n![accuracy](accuracy_vs_eps.png)\n<IMG src='http://x.org/b'>"
+    (root / "runs" / "eval" / "report.md").write_text(text)
     Image.new("RGB", (4, 4)).save(root / "runs" / "eval" / "accuracy_vs_eps.png")
     (root / "notes").mkdir()
     outside.mkdir()
@@ -205,6 +206,7 @@ def test_reports_are_listed_and_opened_only_under_the_root(tmp_path: Path):
     assert reports.find_reports(root) == ["runs/eval"]
     report = reports.open_report(root, "runs/eval")
     assert "Robustness report" in report.markdown and "secret" not in report.markdown
+    assert report.markdown.rstrip().endswith("|---|---|")  # images dropped: plots are shown, no remote fetch
     assert [p.name for p in report.plots] == ["accuracy_vs_eps.png"]
     for name in ["link", "../private", str(outside), "notes"]:
         with pytest.raises(ValueError, match="no report folder"):

@@ -11,6 +11,7 @@ import os
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no telemetry, no update check
 
+import re  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -61,6 +62,11 @@ def test_photos(data_dir: Path | None, limit: int = 2000) -> list[str]:
 
 def _photo_root(data_dir: Path) -> Path:
     return data_dir / "test" if (data_dir / "test").is_dir() else data_dir
+
+
+def _plain(text: str) -> str:
+    """Text shown literally in Markdown: a file name cannot add links, images or HTML to the page."""
+    return re.sub(r"([\\`*_{}\[\]()<>#+!|~])", r"\\\1", text)
 
 
 def _label(top: Top) -> dict[str, float]:
@@ -121,11 +127,11 @@ class Page:
         try:
             photo = actions.read_photo(path, self.settings.max_upload_mb)
         except data.BadImageError as e:
-            return [f"**⚠ {actions.photo_error(e)}**", *[None] * (2 * n)]
+            return [f"**⚠ {_plain(actions.photo_error(e))}**", *[None] * (2 * n)]
         with self.guard.job(_session(request)):
             tops = actions.predict_image(self.served, photo)
         views = [actions.model_view(s.model, photo) for s in self.served]
-        status = f"Photo **{Path(path).name}**, {photo.width} × {photo.height} px"
+        status = f"Photo **{_plain(Path(path).name)}**, {photo.width} × {photo.height} px"
         return [status, *map(_label, tops), *views]
 
     # ------------------------------------------------------------------------------------------- attack
@@ -251,7 +257,7 @@ def _steps_label(attack: str) -> str:
 
 def _attack_summary(out: actions.AttackOutcome, attack: str, norm: str, eps: float) -> str:
     budget = format_eps(eps) if norm == "linf" else f"{eps:g}"
-    goal = f"towards **{out.label}**" if out.targeted else f"away from **{out.label}**"
+    goal = f"towards **{_plain(out.label)}**" if out.targeted else f"away from **{_plain(out.label)}**"
     verdict = "**fooled**" if out.fooled else "**not fooled**"
     shown = f"shown ×{out.magnification:.0f}" if out.magnification else "none: the image is unchanged"
     return (
@@ -265,7 +271,7 @@ def _certificate_text(c: actions.Certificate, sigma: float) -> str:
     if c.prediction is None or c.radius is None:
         return f"**Abstains**: no class wins the n = {c.n} noisy votes significantly ({c.seconds:.1f} s)."
     return (
-        f"**{c.prediction}**, certified within L2 radius **{c.radius:.3f}** (sigma {sigma:g}, n = {c.n}, "
+        f"**{_plain(c.prediction)}**, certified within L2 radius **{c.radius:.3f}** (sigma {sigma:g}, n = {c.n}, "
         f"{c.seconds:.1f} s): no change of the image that small can change the smoothed answer, with "
         "probability 0.999."
     )
@@ -481,7 +487,7 @@ def _reports_tab(page: Page) -> dict[str, Any]:
             scale=4,
         )
         ui["refresh"] = gr.Button("Refresh", scale=1)
-    ui["plots"] = gr.Gallery(label="plots", columns=2, format="png", height="auto")
+    ui["plots"] = gr.Gallery(label="plots", columns=2, format="png", height=520, object_fit="contain")
     ui["text"] = gr.Markdown()
     return ui
 

@@ -7,6 +7,7 @@ checked against that list after resolving links, so no path outside the root is 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,9 @@ REPORT_FILES = ("report.md", "certify.md")
 MAX_DEPTH = 4  # how deep under the root report folders are looked for
 MAX_FOLDERS = 500
 MAX_PLOTS = 12
+# Images in the Markdown are dropped: the page shows the folder's plots itself (a relative link would
+# point at the page's own server), and a remote one would make the browser leave this machine.
+_IMAGES = re.compile(r"!\[[^\]]*\]\([^)]*\)\s*|<img\b[^>]*>", re.IGNORECASE)
 
 
 @dataclass
@@ -60,4 +64,5 @@ def open_report(root: str | Path, name: str) -> Report:
     files = [folder / f for f in REPORT_FILES]
     texts = [f.read_text(errors="replace") for f in files if f.is_file() and _inside(f, base)]
     plots = sorted(p for p in folder.glob("*.png") if p.is_file() and _inside(p, base))[:MAX_PLOTS]
-    return Report(name=name, markdown="\n\n".join(texts), plots=plots)
+    markdown = _IMAGES.sub("", "\n\n".join(texts))
+    return Report(name=name, markdown=markdown, plots=plots)

@@ -1,0 +1,188 @@
+"""The page in a real headless browser (Debian's chromium driven by Playwright): `birdshield serve` on
+127.0.0.1 at a free port, serving a model trained in this session on a few birds-mini photos per species
+(or conftest's tiny run where the shared photos are absent). Every request the page makes is recorded and
+must go to 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from conftest import BIRDS_MINI, REPO, TINY_CLASSES
+
+CHROMIUM = shutil.which("chromium") or next(
+    (p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).is_file()), None
+)
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install chromium)")
+
+SPECIES = "BLUE JAY"  # the birds-mini photo the page must name: test/BLUE JAY/1.jpg
+TRAIN_PER_SPECIES, VALID_PER_SPECIES = 5, 1  # a linear probe on 150 photos: ~15 s on one CPU thread
+TIMEOUT_MS = 120_000
+
+
+def _subset(root: Path, out: Path) -> Path:
+    """A smaller copy of a Kaggle-layout dataset (links, not copies): the first photos of each species."""
+    for split, keep in (("train", TRAIN_PER_SPECIES), ("valid", VALID_PER_SPECIES), ("test", 1)):
+        for species in sorted(p for p in (root / split).iterdir() if p.is_dir()):
+            (out / split / species.name).mkdir(parents=True)
+            for photo in sorted(species.iterdir())[:keep]:
+                (out / split / species.name / photo.name).symlink_to(photo)
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_and_photo(tmp_path_factory: pytest.TempPathFactory, request) -> tuple[Path, Path, str]:
+    """(run dir, a photo, its species)."""
+    if not BIRDS_MINI.is_dir():
+        data = request.getfixturevalue("tiny_data")
+        return request.getfixturevalue("tiny_run"), data / "test" / TINY_CLASSES[0] / "0.jpg", TINY_CLASSES[0]
+    import torch
+
+    from birdshield.training import config_from_options, train
+
+    data = _subset(BIRDS_MINI, tmp_path_factory.mktemp("birds_subset"))
+    run = tmp_path_factory.mktemp("page_run")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(config_from_options(str(data), str(run), depth="probe", epochs=1, workers=0))
+    finally:
+        torch.set_num_threads(threads)
+    return run, BIRDS_MINI / "test" / SPECIES / "1.jpg", SPECIES
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"`birdshield serve` ended with {proc.returncode}: {proc.stderr.read()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    pytest.fail(f"the page did not answer at {url} within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def server(run_and_photo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    run, _, _ = run_and_photo
+    port = _free_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
+    reports = tmp_path_factory.mktemp("reports")
+    cmd = [sys.executable, "-m", "birdshield.cli", "--threads", "1", "serve", str(run), "--port", str(port)]
+    proc = subprocess.Popen(
+        [*cmd, "--reports", str(reports)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_until_up(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        proc.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    """A fresh page on the server, with `page.requests` listing every URL it asked for."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.requests = []
+    page.on("request", lambda r: page.requests.append(r.url))
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(server)
+    page.wait_for_load_state("networkidle")
+    yield page
+    context.close()
+
+
+def _upload(page, path: Path) -> None:
+    clear = page.locator("#photo").get_by_role("button", name="Clear")
+    if clear.count():
+        clear.click()
+    page.set_input_files("#photo input[type=file]", str(path))
+
+
+def _status(page, starts: str) -> str:
+    """The status line once it starts with `starts` (it changes as the upload is judged)."""
+    page.locator("#status").get_by_text(re.compile(f"^⚠? ?{starts}")).wait_for()
+    return page.locator("#status").inner_text()
+
+
+def _top(page, selector: str) -> str:
+    return page.locator(f"{selector} [data-testid=label-output-value]").first.inner_text()
+
+
+def _only_local(requests: list[str]) -> None:
+    assert requests, "no request recorded"
+    elsewhere = [u for u in requests if urlparse(u).scheme not in ("data", "blob")]
+    elsewhere = [u for u in elsewhere if urlparse(u).hostname != "127.0.0.1"]
+    assert not elsewhere, f"the page asked for {elsewhere[:5]}"
+
+
+def test_a_real_photo_gets_its_species(page, run_and_photo):
+    _, photo, species = run_and_photo
+    _upload(page, photo)
+    assert photo.name in _status(page, "Photo")
+    page.locator(".top [data-testid=label-output-value]").wait_for()
+    assert _top(page, ".top") == species
+    _only_local(page.requests)
+
+
+def test_pgd_at_4_255_changes_the_standard_models_answer(page, run_and_photo):
+    _, photo, species = run_and_photo
+    _upload(page, photo)
+    page.locator(".top [data-testid=label-output-value]").wait_for()
+    page.get_by_role("tab", name="Attack").click()
+    assert page.locator("#attack-name input").input_value() == "pgd"
+    assert page.get_by_label("number input for eps (Linf), in /255 grey levels").input_value() == "4"
+    page.locator("#run-attack").click()
+    summary = page.locator("#attack-summary")
+    summary.get_by_text("Attack time").wait_for()
+    assert page.locator("#adversarial img").count() == 1
+    assert f"away from {species}" in summary.inner_text() and "Linf 4.00/255" in summary.inner_text()
+    assert _top(page, ".adv-top") != species
+    _only_local(page.requests)
+
+
+def test_a_corrupt_upload_is_explained_and_the_next_photo_still_works(page, run_and_photo, tmp_path: Path):
+    _, photo, species = run_and_photo
+    corrupt = tmp_path / "broken.jpg"
+    corrupt.write_bytes(photo.read_bytes()[:400])  # a JPEG cut short
+    _upload(page, corrupt)
+    assert "Cannot use broken.jpg: truncated or corrupt image data" in _status(page, "Cannot use")
+    assert page.locator(".top [data-testid=label-output-value]").count() == 0
+    _upload(page, photo)
+    assert photo.name in _status(page, "Photo")
+    page.locator(".top [data-testid=label-output-value]").wait_for()
+    assert _top(page, ".top") == species
+    _only_local(page.requests)
