@@ -15,6 +15,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlparse
 
 import pytest
@@ -40,12 +41,18 @@ def _subset(root: Path, out: Path) -> Path:
     return out
 
 
+class Served(NamedTuple):
+    run: Path
+    photo: Path
+    species: str  # the photo's
+    eps_255: int  # a PGD radius that fools the run on that photo
+
+
 @pytest.fixture(scope="module")
-def run_and_photo(tmp_path_factory: pytest.TempPathFactory, request) -> tuple[Path, Path, str]:
-    """(run dir, a photo, its species)."""
-    if not BIRDS_MINI.is_dir():
-        data = request.getfixturevalue("tiny_data")
-        return request.getfixturevalue("tiny_run"), data / "test" / TINY_CLASSES[0] / "0.jpg", TINY_CLASSES[0]
+def served(tmp_path_factory: pytest.TempPathFactory, request) -> Served:
+    if not BIRDS_MINI.is_dir():  # a tiny model whose classes differ by tint: 4/255 barely moves it
+        photo = request.getfixturevalue("tiny_data") / "test" / TINY_CLASSES[2] / "1.jpg"
+        return Served(request.getfixturevalue("tiny_run"), photo, TINY_CLASSES[2], 16)
     import torch
 
     from birdshield.training import config_from_options, train
@@ -58,7 +65,7 @@ def run_and_photo(tmp_path_factory: pytest.TempPathFactory, request) -> tuple[Pa
         train(config_from_options(str(data), str(run), depth="probe", epochs=1, workers=0))
     finally:
         torch.set_num_threads(threads)
-    return run, BIRDS_MINI / "test" / SPECIES / "1.jpg", SPECIES
+    return Served(run, BIRDS_MINI / "test" / SPECIES / "1.jpg", SPECIES, 4)
 
 
 def _free_port() -> int:
@@ -81,16 +88,15 @@ def _wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 120) -> No
 
 
 @pytest.fixture(scope="module")
-def server(run_and_photo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    run, _, _ = run_and_photo
+def server(served: Served, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    run = served.run
     port = _free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
     reports = tmp_path_factory.mktemp("reports")
     cmd = [sys.executable, "-m", "birdshield.cli", "--threads", "1", "serve", str(run), "--port", str(port)]
-    proc = subprocess.Popen(
-        [*cmd, "--reports", str(reports)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
+    cmd += ["--reports", str(reports)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}/"
     try:
         _wait_until_up(url, proc)
@@ -149,40 +155,42 @@ def _only_local(requests: list[str]) -> None:
     assert not elsewhere, f"the page asked for {elsewhere[:5]}"
 
 
-def test_a_real_photo_gets_its_species(page, run_and_photo):
-    _, photo, species = run_and_photo
-    _upload(page, photo)
-    assert photo.name in _status(page, "Photo")
+def test_a_real_photo_gets_its_species(page, served: Served):
+    _upload(page, served.photo)
+    assert served.photo.name in _status(page, "Photo")
     page.locator(".top [data-testid=label-output-value]").wait_for()
-    assert _top(page, ".top") == species
+    assert _top(page, ".top") == served.species
     _only_local(page.requests)
 
 
-def test_pgd_at_4_255_changes_the_standard_models_answer(page, run_and_photo):
-    _, photo, species = run_and_photo
-    _upload(page, photo)
+def test_pgd_at_4_255_changes_the_standard_models_answer(page, served: Served):
+    _upload(page, served.photo)
     page.locator(".top [data-testid=label-output-value]").wait_for()
     page.get_by_role("tab", name="Attack").click()
     assert page.locator("#attack-name input").input_value() == "pgd"
-    assert page.get_by_label("number input for eps (Linf), in /255 grey levels").input_value() == "4"
+    eps = page.get_by_label("number input for eps (Linf), in /255 grey levels")
+    assert eps.input_value() == "4"
+    if served.eps_255 != 4:
+        eps.fill(str(served.eps_255))
+        eps.press("Enter")
     page.locator("#run-attack").click()
     summary = page.locator("#attack-summary")
     summary.get_by_text("Attack time").wait_for()
     assert page.locator("#adversarial img").count() == 1
-    assert f"away from {species}" in summary.inner_text() and "Linf 4.00/255" in summary.inner_text()
-    assert _top(page, ".adv-top") != species
+    text = summary.inner_text()
+    assert f"away from {served.species}" in text and f"Linf {served.eps_255}.00/255" in text
+    assert _top(page, ".adv-top") != served.species
     _only_local(page.requests)
 
 
-def test_a_corrupt_upload_is_explained_and_the_next_photo_still_works(page, run_and_photo, tmp_path: Path):
-    _, photo, species = run_and_photo
+def test_a_corrupt_upload_is_explained_and_the_next_photo_still_works(page, served: Served, tmp_path: Path):
     corrupt = tmp_path / "broken.jpg"
-    corrupt.write_bytes(photo.read_bytes()[:400])  # a JPEG cut short
+    corrupt.write_bytes(served.photo.read_bytes()[:400])  # a JPEG cut short
     _upload(page, corrupt)
     assert "Cannot use broken.jpg: truncated or corrupt image data" in _status(page, "Cannot use")
     assert page.locator(".top [data-testid=label-output-value]").count() == 0
-    _upload(page, photo)
-    assert photo.name in _status(page, "Photo")
+    _upload(page, served.photo)
+    assert served.photo.name in _status(page, "Photo")
     page.locator(".top [data-testid=label-output-value]").wait_for()
-    assert _top(page, ".top") == species
+    assert _top(page, ".top") == served.species
     _only_local(page.requests)

@@ -271,9 +271,9 @@ def _certificate_text(c: actions.Certificate, sigma: float) -> str:
     if c.prediction is None or c.radius is None:
         return f"**Abstains**: no class wins the n = {c.n} noisy votes significantly ({c.seconds:.1f} s)."
     return (
-        f"**{_plain(c.prediction)}**, certified within L2 radius **{c.radius:.3f}** (sigma {sigma:g}, n = {c.n}, "
-        f"{c.seconds:.1f} s): no change of the image that small can change the smoothed answer, with "
-        "probability 0.999."
+        f"**{_plain(c.prediction)}**, certified within L2 radius **{c.radius:.3f}** (sigma {sigma:g}, "
+        f"n = {c.n}, {c.seconds:.1f} s): no change of the image that small can change the smoothed "
+        "answer, with probability 0.999."
     )
 
 
