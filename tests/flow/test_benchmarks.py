@@ -40,3 +40,12 @@ def test_train_benchmark_explains_itself():
         timeout=60,
     )
     assert out.returncode == 0 and "plain" in out.stdout
+
+
+def test_page_benchmark_times_every_action_through_http(tiny_run: Path):
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_page.py"), str(tiny_run), "--repeats", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "page: http://127.0.0.1:" in out.stdout
+    for action in ("predict", "fgsm", "pgd-10", "smoothing n=100"):
+        assert any(line.startswith(action) for line in out.stdout.splitlines()), out.stdout

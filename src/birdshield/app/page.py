@@ -35,6 +35,7 @@ from .jobs import Cancelled, JobGuard  # noqa: E402
 JOB = "model"  # the concurrency group of every event that runs a model: one job at a time in all
 UNTARGETED = "untargeted"
 SIGMAS = [0.12, 0.25, 0.5, 1.0]
+ALPHA = 0.001  # smoothing's error probability: each certificate is wrong with probability at most this
 INTRO = (
     "# birdshield\n"
     "Upload a bird photo, attack it, and watch the models disagree. Everything runs on this machine; "
@@ -220,7 +221,7 @@ class Page:
         photo = self._source(source, path, adv_path)
         try:
             with self.guard.job(_session(request)):
-                certs = actions.certify_image(self.served, photo, sigma=float(sigma), n=int(n))
+                certs = actions.certify_image(self.served, photo, sigma=float(sigma), n=int(n), alpha=ALPHA)
         except Cancelled:
             return [gr.skip()] * len(self.served) + ["Stopped."] * len(self.served)
         except ValueError as e:
@@ -273,7 +274,7 @@ def _certificate_text(c: actions.Certificate, sigma: float) -> str:
     return (
         f"**{_plain(c.prediction)}**, certified within L2 radius **{c.radius:.3f}** (sigma {sigma:g}, "
         f"n = {c.n}, {c.seconds:.1f} s): no change of the image that small can change the smoothed "
-        "answer, with probability 0.999."
+        f"answer, with probability {1 - ALPHA:g}."
     )
 
 
