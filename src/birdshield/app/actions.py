@@ -27,6 +27,7 @@ from ..defenses.smoothing import ABSTAIN, Smoothed
 from ..inference import Top, predict_tensor
 
 MAX_UPLOAD_MB = 10.0
+MB = 2**20  # bytes; Gradio's own upload limit counts in these units too
 TOP_K = 5
 IMAGENET_BIRDS_NAME = "ImageNet birds (not trained on your data)"
 
@@ -88,8 +89,8 @@ def read_photo(
         size = path.stat().st_size
     except OSError:
         size = 0  # read_rgb names the problem
-    if size > max_mb * 1e6:
-        raise data.BadImageError(path, f"file too large ({size / 1e6:.1f} MB; the limit is {max_mb:g} MB)")
+    if size > max_mb * MB:
+        raise data.BadImageError(path, f"file too large ({size / MB:.1f} MB; the limit is {max_mb:g} MB)")
     return data.read_rgb(path, max_pixels)
 
 

@@ -517,7 +517,7 @@ def launch(
         server_port=port,
         share=False,
         inbrowser=False,
-        max_file_size=int(settings.max_upload_mb * 1e6),
+        max_file_size=int(settings.max_upload_mb * actions.MB),
         prevent_thread_lock=True,
         quiet=True,
         ssr_mode=False,

@@ -46,7 +46,9 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="folder whose report folders (from evaluate/certify) the Reports tab lists; nothing outside "
         "it is opened",
     )
-    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest photo accepted, in megabytes")
+    p.add_argument(
+        "--max-upload-mb", type=float, default=10.0, help="largest photo accepted, in MB (2**20 bytes)"
+    )
     options.add_device(p)
     p.set_defaults(handler=run)
     return p
