@@ -11,6 +11,7 @@ import os
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no telemetry, no update check
 
+import atexit  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
@@ -89,7 +90,8 @@ class Page:
         for s in self.served:
             self.guard.watch(s.model)
         self.photos = test_photos(settings.data_dir)
-        self.scratch = Path(tempfile.mkdtemp(prefix="birdshield-page-"))
+        self.scratch = Path(tempfile.mkdtemp(prefix="birdshield-page-"))  # (Gradio serves copies of these)
+        atexit.register(shutil.rmtree, self.scratch, ignore_errors=True)
 
     def _photo(self, path: str | None, missing: str) -> Image.Image:
         if not path:
@@ -117,8 +119,7 @@ class Page:
         if not name or name not in self.photos or self.settings.data_dir is None:
             return None
         source = _photo_root(self.settings.data_dir) / name
-        folder = Path(tempfile.mkdtemp(dir=self.scratch))
-        return str(shutil.copy(source, folder / name.replace("/", " - ")))  # the species stays in the name
+        return self._scratch_file(name.replace("/", " - "), source.read_bytes())  # keeps the species
 
     def predict(self, path: str | None, request: gr.Request) -> list[Any]:
         """Status line, then per model its top-5, then per model the image as it sees it."""
