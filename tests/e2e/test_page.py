@@ -187,7 +187,7 @@ def test_a_corrupt_upload_is_explained_and_the_next_photo_still_works(page, serv
     corrupt = tmp_path / "broken.jpg"
     corrupt.write_bytes(served.photo.read_bytes()[:400])  # a JPEG cut short
     _upload(page, corrupt)
-    assert "Cannot use broken.jpg: truncated or corrupt image data" in _status(page, "Cannot use")
+    assert f"Cannot use {corrupt.name}: truncated or corrupt image data" in _status(page, "Cannot use")
     assert page.locator(".top [data-testid=label-output-value]").count() == 0
     _upload(page, served.photo)
     assert served.photo.name in _status(page, "Photo")
