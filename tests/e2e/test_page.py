@@ -140,7 +140,7 @@ def _upload(page, path: Path) -> None:
 
 def _status(page, starts: str) -> str:
     """The status line once it starts with `starts` (it changes as the upload is judged)."""
-    page.locator("#status").get_by_text(re.compile(f"^⚠? ?{starts}")).wait_for()
+    page.locator("#status").get_by_text(re.compile(f"^⚠? ?{re.escape(starts)}")).wait_for()
     return page.locator("#status").inner_text()
 
 
@@ -157,7 +157,7 @@ def _only_local(requests: list[str]) -> None:
 
 def test_a_real_photo_gets_its_species(page, served: Served):
     _upload(page, served.photo)
-    assert served.photo.name in _status(page, "Photo")
+    assert _status(page, f"Photo {served.photo.name}")
     page.locator(".top [data-testid=label-output-value]").wait_for()
     assert _top(page, ".top") == served.species
     _only_local(page.requests)
@@ -183,14 +183,24 @@ def test_pgd_at_4_255_changes_the_standard_models_answer(page, served: Served):
     _only_local(page.requests)
 
 
-def test_a_corrupt_upload_is_explained_and_the_next_photo_still_works(page, served: Served, tmp_path: Path):
-    corrupt = tmp_path / "broken.jpg"
-    corrupt.write_bytes(served.photo.read_bytes()[:400])  # a JPEG cut short
-    _upload(page, corrupt)
-    assert f"Cannot use {corrupt.name}: truncated or corrupt image data" in _status(page, "Cannot use")
-    assert page.locator(".top [data-testid=label-output-value]").count() == 0
+def test_bad_uploads_are_explained_and_the_next_photo_still_works(page, served: Served, tmp_path: Path):
+    from PIL import Image
+
+    truncated, text, bomb = tmp_path / "cut.jpg", tmp_path / "notes.jpg", tmp_path / "bomb.png"
+    truncated.write_bytes(served.photo.read_bytes()[:400])  # a JPEG cut short
+    text.write_text("not a photo")
+    Image.new("1", (12_000, 10_000)).save(bomb)  # 120 megapixels in a few kB: a decompression bomb
+    bad = {
+        truncated: "truncated or corrupt image data",
+        text: "not an image file",
+        bomb: "image too large: 12000 x 10000 pixels",
+    }
+    for path, reason in bad.items():
+        _upload(page, path)
+        assert f"Cannot use {path.name}: {reason}" in _status(page, f"Cannot use {path.name}")
+        assert page.locator(".top [data-testid=label-output-value]").count() == 0
     _upload(page, served.photo)
-    assert served.photo.name in _status(page, "Photo")
+    assert _status(page, f"Photo {served.photo.name}")
     page.locator(".top [data-testid=label-output-value]").wait_for()
     assert _top(page, ".top") == served.species
     _only_local(page.requests)
