@@ -57,3 +57,12 @@ def test_predict_benchmark_runs_all_three_sides(tiny_data: Path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.count("x\n") == 3 and "images/s" in out.stdout
     assert "top-1 agreement (c) vs (b): 6/6" in out.stdout
+
+
+def test_page_benchmark_times_every_action_through_http(tiny_run: Path):
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_page.py"), str(tiny_run), "--repeats", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "page: http://127.0.0.1:" in out.stdout
+    for action in ("predict", "fgsm", "pgd-10", "smoothing n=100"):
+        assert any(line.startswith(action) for line in out.stdout.splitlines()), out.stdout

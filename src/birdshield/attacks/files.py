@@ -116,8 +116,9 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _quantise(x: Tensor, x_adv: Tensor, eps: float, norm: str) -> Tensor:
-    """8-bit version of x_adv; for Linf the rounded change is kept inside the ball (x is on the grid)."""
+def quantise_8bit(x: Tensor, x_adv: Tensor, eps: float, norm: str) -> Tensor:
+    """8-bit version of x_adv (values 0..255 as floats); for Linf the rounded change is kept inside the
+    ball (x is on the grid). The `attack` command and the page write and judge these pixels."""
     q, q0 = (x_adv * 255).round(), (x * 255).round()
     if norm == "linf":
         k = math.floor(eps * 255 + 1e-6)
@@ -145,7 +146,7 @@ def _attack_batch(
     target_t = None if target is None else torch.full_like(y, index[target])
     spec = get_spec(attack)
     x_adv = spec.load()(model, x, y, **spec.kwargs(eps, **(options | {"target": target_t})))
-    q = _quantise(x, x_adv, eps, options.get("norm") or "linf")
+    q = quantise_8bit(x, x_adv, eps, options.get("norm") or "linf")
     p_adv = inference_logits(model, q / 255).softmax(1)
     rows = []
     for i, (src, dst, _) in enumerate(batch):
