@@ -8,8 +8,6 @@ vote shares).
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +18,7 @@ from torch import Tensor, nn
 from . import data
 from .defenses.smoothing import ABSTAIN, Smoothed
 from .defenses.specs import SmoothingDefense
+from .reporting.tables import csv_text
 from .runtime import atomic_write_bytes, model_device, progress
 
 ABSTAIN_NAME = "ABSTAIN"
@@ -84,7 +83,7 @@ def _smoothed_rows(
     rows = []
     for i, path in enumerate(progress(paths, desc="predict", unit="img")):
         try:
-            x = data.to_tensor(data.read_rgb(path), model.image_size)[None].to(model_device(model))
+            x = data.load_tensor(path, model.image_size)[None].to(model_device(model))
         except data.BadImageError as e:
             rows.append({"image": str(path), "top": [], "error": e.reason})
             continue
@@ -107,25 +106,22 @@ def _numeric_key(path: str) -> tuple:
 
 def to_csv(rows: list[dict], *, top_k: int = 1, grading: bool = False) -> str:
     """'csv': image,species,confidence[,species_k,confidence_k],error; 'grading': the original project's
-    image,specie file sorted by numeric file name."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    image,specie file sorted by numeric file name. Cells a spreadsheet would run are escaped (csv_text)."""
     if grading:
-        writer.writerow(["image", "specie"])
-        for row in sorted(rows, key=lambda r: _numeric_key(r["image"])):
-            writer.writerow([Path(row["image"]).name, row["top"][0][0] if row["top"] else ""])
-        return buf.getvalue()
+        ordered = sorted(rows, key=lambda r: _numeric_key(r["image"]))
+        table = [[Path(r["image"]).name, r["top"][0][0] if r["top"] else ""] for r in ordered]
+        return csv_text([["image", "specie"], *table])
     header = ["image", "species", "confidence"]
     for i in range(2, top_k + 1):
         header += [f"species_{i}", f"confidence_{i}"]
-    writer.writerow([*header, "error"])
+    table = []
     for row in rows:
         cells = [row["image"]]
         for i in range(top_k):
             name, p = row["top"][i] if i < len(row["top"]) else ("", None)
             cells += [name, "" if p is None else f"{p:.4f}"]
-        writer.writerow([*cells, row["error"]])
-    return buf.getvalue()
+        table.append([*cells, row["error"]])
+    return csv_text([[*header, "error"], *table])
 
 
 def write_csv(rows: list[dict], out: Path, **kwargs) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -155,22 +156,107 @@ def save_checkpoint(model: Classifier, directory: Path, extra: dict[str, Any] | 
 
 
 def read_metadata(directory: Path) -> dict[str, Any]:
-    weights = Path(directory) / WEIGHTS_FILE
+    """The checkpoint's metadata, checked: format version, arch, class names, image size, mean/std.
+
+    CheckpointError names the file the metadata came from and the field that is wrong.
+    """
+    meta, source = _read_raw_metadata(Path(directory))
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{directory}: checkpoint format {version} (birdshield {meta.get('birdshield_version', '?')}); "
+            f"this birdshield {__version__} reads format {FORMAT_VERSION}. "
+            "Load it with a matching birdshield version or retrain."
+        )
+    problems = _metadata_problems(meta)
+    if problems:
+        field, problem = problems[0]
+        raise CheckpointError(f"{source}: metadata field {field!r} {problem}")
+    return meta
+
+
+def _read_raw_metadata(directory: Path) -> tuple[dict[str, Any], Path]:
+    weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(
             f"{directory}: no {WEIGHTS_FILE}; pass a run directory written by `birdshield train`"
         )
     try:
         with safetensors.safe_open(str(weights), framework="pt") as f:
-            embedded = (f.metadata() or {}).get("birdshield")
+            text, source = (f.metadata() or {}).get("birdshield"), weights
     except Exception as e:  # safetensors raises its own error types for corrupt headers
         raise CheckpointError(f"{weights}: not a readable safetensors file ({e})") from e
-    if embedded:
-        return json.loads(embedded)
-    meta_path = Path(directory) / META_FILE
-    if not meta_path.is_file():
-        raise CheckpointError(f"{directory}: no {META_FILE} and no metadata in {WEIGHTS_FILE}")
-    return json.loads(meta_path.read_text())
+    if not text:
+        source = directory / META_FILE
+        if not source.is_file():
+            raise CheckpointError(f"{directory}: no {META_FILE} and no metadata in {WEIGHTS_FILE}")
+        try:
+            text = source.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{source}: cannot read the metadata ({e})") from e
+    try:
+        meta = json.loads(text)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: the metadata is not valid JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{source}: the metadata is not a JSON object")
+    return meta, source
+
+
+def _metadata_problems(meta: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field, what is wrong) for each field a model is built from; empty when all are usable."""
+    problems = []
+    if not isinstance(meta.get("arch"), str) or not meta["arch"]:
+        problems.append(("arch", f"must be an architecture name, got {meta.get('arch')!r}"))
+    names = meta.get("class_names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        problems.append(("class_names", "must be a non-empty list of non-empty strings"))
+    elif len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        problems.append(("class_names", f"names each class once; repeated: {twice[:3]}"))
+    size = meta.get("image_size")
+    if not _is_int(size) or not IMAGE_SIZE_RANGE[0] <= size <= IMAGE_SIZE_RANGE[1]:
+        low, high = IMAGE_SIZE_RANGE
+        problems.append(("image_size", f"must be a whole number of pixels in {low}..{high}, got {size!r}"))
+    for field in ("mean", "std"):
+        value = meta.get(field)
+        if not isinstance(value, list) or len(value) != 3 or not all(_is_finite(v) for v in value):
+            problems.append((field, f"must be 3 finite numbers (one per colour channel), got {value!r}"))
+        elif field == "std" and min(value) <= 0:
+            problems.append((field, f"must be positive, got {value!r}"))
+    return problems
+
+
+IMAGE_SIZE_RANGE = (16, 1024)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_weights(
+    backbone: nn.Module, state: dict[str, torch.Tensor], meta: dict[str, Any], path: Path
+) -> None:
+    """Clear errors for weights that would load wrongly or not at all: a classifier of another size than
+    the class names, integer tensors where the model has floating point ones (load_state_dict would
+    silently cast them)."""
+    head = backbone.get_classifier()
+    head_prefix = next(name for name, m in backbone.named_modules() if m is head) + "."
+    for key, expected in backbone.state_dict().items():
+        given = state.get(key)
+        if given is None:
+            continue
+        if key.startswith(head_prefix) and given.shape[:1] != expected.shape[:1]:
+            raise CheckpointError(
+                f"{path}: metadata field 'class_names' lists {len(meta['class_names'])} classes, but the "
+                f"classifier {key!r} in the weights has {given.shape[0]} outputs"
+            )
+        if expected.is_floating_point() and not given.is_floating_point():
+            raise CheckpointError(f"{path}: tensor {key!r} is {given.dtype}, not floating point")
 
 
 def load(run_dir: str | Path, device: str | torch.device = "cpu") -> Classifier:
@@ -179,18 +265,12 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> Classifier:
     if directory.is_file():
         directory = directory.parent
     meta = read_metadata(directory)
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{directory}: checkpoint format {version} (birdshield {meta.get('birdshield_version', '?')}); "
-            f"this birdshield {__version__} reads format {FORMAT_VERSION}. "
-            "Load it with a matching birdshield version or retrain."
-        )
     try:
         backbone = timm.create_model(meta["arch"], pretrained=False, num_classes=len(meta["class_names"]))
     except RuntimeError as e:
         raise CheckpointError(f"{directory}: unknown architecture {meta['arch']!r} ({e})") from e
     state = safetensors.torch.load_file(str(directory / WEIGHTS_FILE))
+    _check_weights(backbone, state, meta, directory / WEIGHTS_FILE)
     try:
         backbone.load_state_dict(state, strict=True)
     except RuntimeError as e:

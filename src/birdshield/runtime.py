@@ -1,4 +1,7 @@
-"""Process-level settings: device choice, the CPU allocator fix, progress bars, atomic writes."""
+"""Process-level settings: device choice, the CPU allocator fix, progress bars, atomic writes.
+
+Torch is imported only by the functions that need it, so the atomic writers cost nothing to import.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +13,12 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    import torch
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -46,10 +51,14 @@ def tune_cpu_allocator() -> bool:
 
 def set_threads(n: int) -> None:
     """CPU threads for torch's intra-op work (fewer than the cores on a CPU busy with other processes)."""
+    import torch
+
     torch.set_num_threads(n)
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -57,6 +66,8 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def model_device(model: torch.nn.Module) -> torch.device:
     """Where a model's inputs go: its parameters' device; CPU for a model without any (an ONNX session)."""
+    import torch
+
     param = next(model.parameters(), None)
     return torch.device("cpu") if param is None else param.device
 
@@ -82,12 +93,17 @@ def stage_progress(desc: str) -> Iterator[Callable[[str, int, int | None], None]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write then rename, so a kill mid-write leaves the old file intact, never a half-written one."""
+    """Write then rename, so a kill mid-write leaves the old file intact, never a half-written one.
+
+    The file gets the mode any new file gets (0666 less the umask), not mkstemp's private 0600; the folder
+    is synced after the rename so the new name survives a power cut too (where the OS allows it).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.chmod(tmp, 0o666 & ~current_umask())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -95,6 +111,33 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux tells it (os.umask can only set it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open a folder
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -83,3 +83,12 @@ def test_certify_benchmark_runs_all_three_sides(tiny_run: Path, tiny_data: Path)
     assert len(re.findall(r"\d\.\d\dx ", out.stdout)) == 3  # a ratio per side
     assert "s/image" in out.stdout and "r=0.5" in out.stdout
     assert "same smoothed prediction (b) vs (c): 2/2" in out.stdout
+
+
+def test_page_benchmark_times_every_action_through_http(tiny_run: Path):
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_page.py"), str(tiny_run), "--repeats", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "page: http://127.0.0.1:" in out.stdout
+    for action in ("predict", "fgsm", "pgd-10", "smoothing n=100"):
+        assert any(line.startswith(action) for line in out.stdout.splitlines()), out.stdout

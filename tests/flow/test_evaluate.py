@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import re
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,8 @@ from PIL import Image
 from torch import Tensor, nn
 
 from birdshield import data
+from birdshield.attacks import AttackResult
+from birdshield.attacks.registry import get_spec
 from birdshield.cli import main
 from birdshield.data import samples_for_model
 from birdshield.errors import OutDirError
@@ -27,8 +31,11 @@ from birdshield.evaluation import (
     evaluate_samples,
     evaluate_to_dir,
 )
+from birdshield.evaluation.cascade import Tally
+from birdshield.evaluation.checks import final_flags
 from birdshield.models import load
 from birdshield.reporting.writers import write_evaluate_report
+from birdshield.stats import ci95
 
 EPS = (0.0, 0.5 / 255, 1 / 255, 2 / 255, 4 / 255)
 FAST = EvalConfig(
@@ -43,6 +50,7 @@ FAST = EvalConfig(
 )
 REPORT_KEYS = {"model", "split", "n", "clean_accuracy", "corruptions", "results", "ensemble", "flags"}
 REPORT_KEYS |= {"config", "seconds", "trained_against", "skipped", "bad_images"}
+REPORT_KEYS |= {"clean_ci95", "top5_accuracy", "top5_ci95", "per_class", "confused_pairs"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -94,7 +102,13 @@ def _by_eps(report: dict, eps: float) -> list[dict]:
 def test_eps_zero_is_clean_accuracy(cascade: dict, independent: dict) -> None:
     for report in (cascade, independent):
         assert report["clean_accuracy"] == 56 / 64
-        assert report["ensemble"][0] == {"norm": "linf", "eps": 0.0, "robust_accuracy": 56 / 64}
+        assert report["ensemble"][0] == {
+            "norm": "linf",
+            "eps": 0.0,
+            "robust_accuracy": 56 / 64,
+            "n": 64,
+            "ci95": ci95(56, 64),
+        }
         assert all(r["fooled"] == 0 for r in _by_eps(report, 0.0))
         assert report["flags"] == []
 
@@ -191,6 +205,107 @@ def test_zero_gradients_and_masking_are_flagged(setup: tuple[nn.Module, Tensor, 
     assert "possible gradient masking" not in {f["flag"] for f in alone["flags"]}
 
 
+class Detached(nn.Module):
+    """Cuts its input out of the autograd graph: no input gradient exists at all."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.detach())
+
+
+class NaNGradient(nn.Module):
+    """Same outputs as net, but d/dx of 0 * sqrt(x - x) is 0 * inf = NaN."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x + 0 * torch.sqrt(x - x.detach()))
+
+
+def _use_attack(monkeypatch: pytest.MonkeyPatch, name: str, fn) -> None:
+    """Make the registry's `name` run `fn` instead (a deliberately broken attack)."""
+    from birdshield.attacks.registry import AttackSpec
+
+    real = AttackSpec.load
+    monkeypatch.setattr(AttackSpec, "load", lambda spec: fn if spec.name == name else real(spec))
+
+
+def _result(model: nn.Module, x_adv: Tensor, y: Tensor) -> AttackResult:
+    logits = model(x_adv)
+    return AttackResult(x_adv, logits, logits.argmax(1) != y)
+
+
+def _no_gradient_report(setup, monkeypatch) -> dict:
+    net, x, y = setup
+    return _run(Detached(net), x, y, eps=(0.0,), attacks=(), corruptions=(), noise_std=())
+
+
+def _nan_gradient_report(setup, monkeypatch) -> dict:
+    net, x, y = setup
+    return _run(NaNGradient(net), x, y, eps=(0.0,), attacks=(), corruptions=(), noise_std=())
+
+
+def _erratic_attack_report(setup, monkeypatch) -> dict:
+    """An attack that gives up at larger eps: more images survive 4/255 than 1/255."""
+    net, x, y = setup
+    fgsm = get_spec("fgsm").load()
+
+    def erratic(model, x, y, eps, return_result=False, **kw):
+        x_adv = fgsm(model, x, y, eps=eps) if eps < 2 / 255 else x
+        return _result(model, x_adv, y)
+
+    _use_attack(monkeypatch, "fgsm", erratic)
+    return _run(net, x, y, eps=(1 / 255, 4 / 255), attacks=("fgsm",), corruptions=(), noise_std=())
+
+
+def _overshooting_attack_report(setup, monkeypatch) -> dict:
+    net, x, y = setup
+
+    def overshoot(model, x, y, eps, return_result=False, **kw):
+        return _result(model, (x + 3 * eps).clamp(0, 1), y)
+
+    _use_attack(monkeypatch, "fgsm", overshoot)
+    return _run(net, x, y, eps=(2 / 255,), attacks=("fgsm",), corruptions=(), noise_std=())
+
+
+def _miscounted_report(setup, monkeypatch) -> dict:
+    """A tally whose robust count exceeds its clean count (only a bookkeeping bug can make one)."""
+    tally = Tally(n=10, clean=5, ensemble=Counter({0.0: 6}))
+    cfg = dataclasses.replace(FAST, eps=(0.0,), attacks=("fgsm",))
+    return {"flags": final_flags(tally, cfg, ["fgsm"])}
+
+
+CRAFTED = {
+    "no input gradient": _no_gradient_report,
+    "non-finite gradients": _nan_gradient_report,
+    "robust accuracy rises with eps": _erratic_attack_report,
+    "perturbation outside the eps-ball": _overshooting_attack_report,
+    "robust above clean": _miscounted_report,
+}
+TESTED_ABOVE = {"stochastic model", "zero gradients", "possible gradient masking"}
+
+
+@pytest.mark.parametrize("flag", sorted(CRAFTED))
+def test_each_sanity_flag_is_raised_by_its_crafted_case_only(
+    flag: str, setup, cascade: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raised = {f["flag"] for f in CRAFTED[flag](setup, monkeypatch)["flags"]}
+    assert flag in raised
+    assert flag not in {f["flag"] for f in cascade["flags"]}  # the clean evaluation raises none
+
+
+def test_every_sanity_flag_has_a_crafted_case() -> None:
+    import birdshield.evaluation.checks as checks
+
+    names = set(re.findall(r'"flag": "([^"]+)"', Path(checks.__file__).read_text()))
+    assert names == set(CRAFTED) | TESTED_ABOVE
+
+
 def test_report_files(cascade: dict, setup: tuple[nn.Module, Tensor, Tensor], tmp_path: Path) -> None:
     net, x, y = setup
     examples: list = []
@@ -199,7 +314,7 @@ def test_report_files(cascade: dict, setup: tuple[nn.Module, Tensor, Tensor], tm
     md = write_evaluate_report(cascade, tmp_path, examples)
     saved = json.loads((tmp_path / "report.json").read_text())
     assert set(saved) >= REPORT_KEYS
-    keys = {"attack", "norm", "eps", "robust_accuracy", "fooled", "n_attacked", "n", "seconds"}
+    keys = {"attack", "norm", "eps", "robust_accuracy", "ci95", "fooled", "n_attacked", "n", "seconds"}
     assert set(saved["results"][0]) == keys
     assert {c["label"] for c in saved["corruptions"]} >= {"gaussian_noise std=0.1", "jpeg severity=1"}
     text = md.read_text()
@@ -278,6 +393,21 @@ def test_attack_never_overwrites_inputs(tiny_run: Path, tmp_path: Path, make_ima
     assert main(same_place) == 2  # a.png given as a file, output a.png in its own folder
     assert img.read_bytes() == before
     assert sorted(p.name for p in folder.rglob("*")) == ["a.png", "blue jay"]
+
+
+def test_attack_replaces_an_earlier_runs_files_only_with_overwrite(
+    tiny_run: Path, tmp_path: Path, make_image
+) -> None:
+    img = make_image(tmp_path / "in" / "a.jpg", seed=3)
+    out = tmp_path / "adv"
+    argv = ["attack", str(tiny_run), str(img), "--out", str(out), "--steps", "1"]
+    assert main(argv) == 0
+    (out / "a.png").write_bytes(b"the user's own file")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(argv) == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing replaced, nothing added
+    assert main([*argv, "--overwrite"]) == 0
+    assert Image.open(out / "a.png").size == (48, 48)
 
 
 # ------------------------------------------------------------------------------------------ resume

@@ -82,6 +82,14 @@ def test_evaluate_and_certify_into_report_folders(run: Path, tiny_data: Path, tm
     stated += [(e["robust_accuracy"], e["ci95"]) for e in report["ensemble"] + report["results"]]
     stated += [(c["accuracy"], c["ci95"]) for c in report["corruptions"]]
     assert all(low <= acc <= high for acc, (low, high) in stated)  # every accuracy carries its interval
+    n, classes = report["n"], report["per_class"]
+    assert report["top5_accuracy"] >= report["clean_accuracy"]
+    assert sum(c["n"] for c in classes) == n and [c["accuracy"] for c in classes] == sorted(
+        c["accuracy"] for c in classes
+    )
+    assert sum(c["accuracy"] * c["n"] for c in classes) == pytest.approx(report["clean_accuracy"] * n)
+    assert sum(p["count"] for p in report["confused_pairs"]) == round((1 - report["clean_accuracy"]) * n)
+    assert "worst first" in (tmp_path / "eval" / "report.md").read_text()
     result = certify_to_dir(model, samples[:3], tmp_path / "cert", sigma=0.1, n0=10, n=30, batch_size=30)
     assert len(result["images"]) == 3 and (tmp_path / "cert" / "certify.json").is_file()
     assert all(im["radius"] is None or im["radius"] >= 0 for im in result["images"])

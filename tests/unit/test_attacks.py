@@ -505,3 +505,83 @@ def test_finds_as_many_adversarials_as_the_reference_autoattack(net: nn.Module, 
     ours = evaluate(net, [(x, y)], cfg)["ensemble"][0]["robust_accuracy"]
     assert accuracy(net, x, y) > ours  # the attacks do something here
     assert ours <= reference + 1 / len(y) + 1e-9
+
+
+# ---------------------------------------------------------------------------------- output file names
+
+
+def _files(root, names: list[str]) -> list:
+    paths = []
+    for name in names:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        paths.append(path)
+    return paths
+
+
+def test_output_names_refuse_existing_files_unless_overwrite(tmp_path) -> None:
+    from birdshield.attacks.files import output_names
+    from birdshield.errors import DataError
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    _files(src, ["a.jpg", "b/c.jpg"])
+    assert [d for _, d in output_names([src], out)] == [out / "a.png", out / "b" / "c.png"]
+    (stale,) = _files(out, ["b/c.png"])
+    with pytest.raises(DataError, match=r"already holds 1 file\(s\).*c\.png.*--overwrite"):
+        output_names([src], out)
+    assert len(output_names([src], out, overwrite=True)) == 2
+    stale.unlink()
+    _files(out, ["attack.csv"])  # an earlier run's table counts too
+    with pytest.raises(DataError, match="attack.csv"):
+        output_names([src], out)
+
+
+def test_output_names_never_overwrite_inputs_even_with_overwrite(tmp_path) -> None:
+    from birdshield.attacks.files import output_names
+    from birdshield.errors import DataError
+
+    (img,) = _files(tmp_path / "pics", ["a.png"])
+    link = tmp_path / "link"
+    link.symlink_to(img.parent)  # the same folder under another name
+    for out in (img.parent, link):
+        with pytest.raises(DataError, match="input file"):
+            output_names([img], out, overwrite=True)
+    (tmp_path / "pics" / "b.png").mkdir()  # a folder where an output would go
+    (other,) = _files(tmp_path / "other", ["b.jpg"])
+    with pytest.raises(DataError, match="folder"):
+        output_names([other], img.parent, overwrite=True)
+
+
+def test_output_names_on_a_case_insensitive_disk(tmp_path, monkeypatch) -> None:
+    import birdshield.attacks.files as files
+
+    src = tmp_path / "in"
+    _files(src, ["Bird.jpg", "bird.png", "sub/x.jpg"])
+    assert files._ignores_case(tmp_path) is False  # this machine's temporary folder tells case apart
+    monkeypatch.setattr(files, "_ignores_case", lambda folder: True)
+    outs = [d.name for _, d in files.output_names([src], src / "SUB")]
+    assert outs == ["Bird.png", "bird_1.png"]  # sub/x.jpg is under --out (other case): left out
+    monkeypatch.undo()
+    assert sorted(d.name for _, d in files.output_names([src], tmp_path / "out")) == [
+        "Bird.png", "bird.png", "x.png"
+    ]  # fmt: skip
+
+
+def test_case_probe_answers_for_the_folders_file_system(tmp_path, monkeypatch) -> None:
+    from pathlib import Path
+
+    import birdshield.attacks.files as files
+
+    real_exists = Path.exists
+    seen = []
+
+    def case_blind_exists(self: Path) -> bool:  # what a case-insensitive disk answers
+        seen.append(self.name)
+        return any(p.name.casefold() == self.name.casefold() for p in self.parent.iterdir())
+
+    monkeypatch.setattr(Path, "exists", case_blind_exists)
+    assert files._ignores_case(tmp_path / "not" / "yet") is True  # probed in the nearest existing folder
+    assert seen and seen[0].startswith(".BIRDSHIELD-cASE-pROBE-")
+    monkeypatch.setattr(Path, "exists", real_exists)
+    assert list(tmp_path.iterdir()) == []  # the probe file is gone

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import struct
 import warnings
@@ -19,6 +20,7 @@ from PIL import Image, ImageEnhance
 from birdshield import data
 from birdshield.data import BadImageError, DataError, Sample
 from birdshield.data.check import _near_pairs
+from birdshield.data.images import _as_rgb, _to_8bit
 
 ODD_NAMES = ["BLACK & YELLOW bROADBILL", "MIKADO  PHEASANT", "ZEBRA DOVE"]
 
@@ -189,6 +191,109 @@ def test_decompression_bombs_are_rejected_before_decoding(tmp_path: Path) -> Non
     assert data.read_rgb(small).size == (100, 100)
     with pytest.raises(BadImageError, match="100 x 100 pixels exceeds"):
         data.read_rgb(small, max_pixels=5_000)
+
+
+def test_extreme_aspect_ratios_are_refused_from_the_header(tmp_path: Path, monkeypatch) -> None:
+    strip = _write(tmp_path / "strip.png", _png(10, 10_000_000, rows=2))  # header only: never decoded
+    with pytest.raises(BadImageError, match=r"extreme aspect ratio: 10 x 10000000 pixels") as info:
+        data.read_rgb(strip)
+    assert info.value.path == strip
+    assert data.read_rgb(_write(tmp_path / "ok.png", _png(500, 10))).size == (500, 10)  # exactly 50:1
+    with pytest.raises(BadImageError, match="extreme aspect ratio"):
+        data.read_rgb(_write(tmp_path / "thin.png", _png(511, 10)))
+
+
+def test_to_tensor_crops_the_centred_square_of_extreme_images_first() -> None:
+    img = Image.new("RGB", (20_000, 10), (0, 0, 0))
+    img.paste((255, 255, 255), (9_995, 0, 10_005, 10))  # only the centred 10 x 10 square is white
+    tensor = data.to_tensor(img, 16)
+    assert tensor.shape == (3, 16, 16) and float(tensor.min()) == 1.0
+
+
+def test_file_size_is_capped_before_reading(tmp_path: Path, monkeypatch) -> None:
+    path = _write(tmp_path / "big.png", _png(100, 100))
+    monkeypatch.setattr("birdshield.data.images.MAX_FILE_BYTES", path.stat().st_size - 1)
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail("read the whole file"))
+    with pytest.raises(BadImageError, match=f"file too large: {path.stat().st_size:,} bytes") as info:
+        data.read_rgb(path)
+    assert info.value.path == path
+
+
+def test_a_named_pipe_is_refused_not_read(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
+    with pytest.raises(BadImageError, match="not a regular file"):
+        data.read_rgb(fifo)
+
+
+def test_animated_images_give_their_first_frame(tmp_path: Path) -> None:
+    frames = [Image.new("RGB", (40, 30), c) for c in [(255, 0, 0), (0, 0, 255), (0, 255, 0)]]
+    for name in ("anim.gif", "anim.png", "anim.webp"):
+        frames[0].save(tmp_path / name, save_all=True, append_images=frames[1:], duration=100, loop=0)
+        assert Image.open(tmp_path / name).n_frames == 3
+        red, green, blue = np.asarray(data.read_rgb(tmp_path / name))[10, 10].tolist()
+        assert red > 240 and green < 15 and blue < 15  # WebP is lossy
+
+
+def test_sixteen_bit_conversion_in_blocks_is_exact(monkeypatch) -> None:
+    values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    monkeypatch.setattr("birdshield.data.images._BLOCK_ELEMENTS", 1000)  # 4 rows per block
+    pixels = np.asarray(_to_8bit(Image.fromarray(values)))
+    assert np.array_equal(pixels, np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8))
+    wide = np.linspace(-5e3, 5e3, 256 * 256, dtype=np.float32).reshape(256, 256)
+    wide[0, 0], wide[0, 1] = np.nan, np.inf
+    pixels = np.asarray(_to_8bit(Image.fromarray(wide)))
+    lo, hi = float(np.nanmin(wide[np.isfinite(wide)])), float(wide[np.isfinite(wide)].max())
+    stretched = np.nan_to_num((wide.astype(np.float64) - lo) * (255.0 / (hi - lo)), posinf=255)
+    assert np.array_equal(pixels, np.clip(np.rint(stretched), 0, 255).astype(np.uint8))
+
+
+def test_transparency_onto_white_in_blocks_is_exact(monkeypatch) -> None:
+    rng = np.random.default_rng(0)
+    palette = Image.fromarray(rng.integers(0, 256, (61, 41), dtype=np.uint8), "P")
+    palette.putpalette(rng.integers(0, 256, 768).tolist())
+    palette.info["transparency"] = bytes(rng.integers(0, 256, 256).astype(np.uint8))
+    cases = [Image.fromarray(rng.integers(0, 256, (61, 41, 4), dtype=np.uint8)), palette]
+    monkeypatch.setattr("birdshield.data.images._BLOCK_ELEMENTS", 100)  # 2 rows per block
+    for img in cases:
+        rgba = img.convert("RGBA")
+        whole = Image.new("RGB", img.size, (255, 255, 255))
+        whole.paste(rgba, mask=rgba.getchannel("A"))
+        assert np.array_equal(np.asarray(_as_rgb(img)), np.asarray(whole))
+
+
+@pytest.mark.parametrize(
+    "error", [MemoryError(), RuntimeError("decoder bug"), Image.DecompressionBombError("x")]
+)
+def test_any_decoder_failure_is_a_bad_image_naming_the_file(tmp_path: Path, monkeypatch, error) -> None:
+    path = _write(tmp_path / "odd.png", _png(40, 30))
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(Image.Image, "load", fail)
+    with pytest.raises(BadImageError) as info:
+        data.read_rgb(path)
+    assert info.value.path == path and info.value.reason
+
+
+@pytest.mark.parametrize("error", [MemoryError(), ValueError("resize bug")])
+def test_any_resize_failure_is_a_bad_image_naming_the_file(tmp_path: Path, monkeypatch, error) -> None:
+    path = _write(tmp_path / "odd.png", _png(40, 30))
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(Image.Image, "resize", fail)
+    with pytest.raises(BadImageError, match="cannot resize to 16 x 16") as info:
+        data.load_tensor(path, 16)
+    assert info.value.path == path
+    dataset = data.ImageDataset([Sample(path, 0)], size=16)
+    assert dataset[0] is None
+    transformed = data.ImageDataset([Sample(path, 0)], size=16, transform=fail)
+    assert transformed[0] is None
+    [(good, x, bad)] = data.read_batches([path], 16, 4)
+    assert (good, x) == ([], None) and bad[0][0] == path and "cannot resize" in bad[0][1]
 
 
 def test_bad_image_error_survives_pickling() -> None:

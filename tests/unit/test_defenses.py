@@ -199,6 +199,12 @@ def test_predict_cli_with_defense(tiny_run: Path, tiny_data: Path, tmp_path: Pat
     ]
     assert all(r["species"] in [*TINY_CLASSES, "ABSTAIN"] and not r["error"] for r in rows)
     assert all((r["species"] == "ABSTAIN") == (r["confidence"] == "") for r in rows)
+    # The defence must have run: skipped, the (deterministic) predictions would equal the undefended ones.
+    plain = tmp_path / "plain.csv"
+    assert main(["predict", str(tiny_run), str(tiny_data / "test"), "--out", str(plain), "--top-k", "2"]) == 0
+    undefended = {r["image"]: r for r in csv.DictReader(io.StringIO(plain.read_text()))}
+    changed = [r["image"] for r in rows if r["confidence"] != undefended[r["image"]]["confidence"]]
+    assert changed  # (this confident tiny model saturates at 1.0000 on most images, not all)
 
 
 def test_bad_defense_parameter_is_a_clean_error(tiny_run: Path, tiny_data: Path, capsys) -> None:

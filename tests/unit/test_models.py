@@ -93,3 +93,67 @@ def test_weights_for_another_architecture_are_refused(tmp_path):
     safetensors.torch.save_file(state, str(meta_path), metadata={"birdshield": json.dumps(meta)})
     with pytest.raises(models.CheckpointError, match="do not match resnet18"):
         models.load(tmp_path)
+
+
+def _save_with(tmp_path, meta_changes: dict, state_changes: dict | None = None) -> None:
+    """Rewrite the tiny checkpoint's safetensors file with changed metadata fields and tensors."""
+    path = tmp_path / models.WEIGHTS_FILE
+    state = {**safetensors.torch.load_file(str(path)), **(state_changes or {})}
+    meta = {**models.read_metadata(tmp_path), **meta_changes}
+    safetensors.torch.save_file(state, str(path), metadata={"birdshield": json.dumps(meta)})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("image_size", 1_000_000),
+        ("image_size", 8),
+        ("image_size", "224"),
+        ("image_size", 224.0),
+        ("image_size", True),
+        ("class_names", []),
+        ("class_names", ["x", "x", "z"]),
+        ("class_names", ["x", 2, "z"]),
+        ("class_names", "xyz"),
+        ("mean", [0.5, 0.5]),
+        ("mean", [0.5, "0.5", 0.5]),
+        ("std", [0.5, float("nan"), 0.5]),
+        ("std", [0.5, 0.0, 0.5]),
+        ("arch", None),
+    ],
+)
+def test_checkpoint_metadata_is_validated_naming_file_and_field(tmp_path, field, value):
+    _tiny(tmp_path)
+    _save_with(tmp_path, {field: value})
+    with pytest.raises(models.CheckpointError, match=f"metadata field '{field}'") as info:
+        models.load(tmp_path)
+    assert str(tmp_path / models.WEIGHTS_FILE) in str(info.value)
+
+
+def test_class_names_must_match_the_classifier_in_the_weights(tmp_path):
+    _tiny(tmp_path)
+    _save_with(tmp_path, {"class_names": ["x", "y"]})
+    with pytest.raises(models.CheckpointError, match="'class_names' lists 2 classes.* has 3 outputs"):
+        models.load(tmp_path)
+
+
+def test_integer_weights_are_refused_not_cast(tmp_path):
+    model = _tiny(tmp_path)
+    key = next(k for k, v in model.backbone.state_dict().items() if v.is_floating_point())
+    shape = model.backbone.state_dict()[key].shape
+    _save_with(tmp_path, {}, {key: torch.ones(shape, dtype=torch.int32)})
+    with pytest.raises(models.CheckpointError, match=f"tensor '{key}' is torch.int32, not floating point"):
+        models.load(tmp_path)
+
+
+def test_unreadable_json_metadata_names_its_file(tmp_path):
+    model = _tiny(tmp_path)
+    safetensors.torch.save_file(model.backbone.state_dict(), str(tmp_path / models.WEIGHTS_FILE))
+    assert models.load(tmp_path).class_names == ["x", "y", "z"]  # from birdshield.json
+    meta = json.loads((tmp_path / models.META_FILE).read_text())
+    (tmp_path / models.META_FILE).write_text('{"arch": "test_efficientnet", ')
+    with pytest.raises(models.CheckpointError, match="birdshield.json: the metadata is not valid JSON"):
+        models.load(tmp_path)
+    (tmp_path / models.META_FILE).write_text(json.dumps({**meta, "image_size": 4096}))
+    with pytest.raises(models.CheckpointError, match="birdshield.json: metadata field 'image_size'"):
+        models.load(tmp_path)

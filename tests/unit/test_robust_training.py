@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import fields
 from pathlib import Path
@@ -21,6 +22,7 @@ from birdshield.training.config import (
     config_from_options,
     preset_defaults,
 )
+from birdshield.training.loop import TrainState, keep_if_best
 from birdshield.training.robust import adversarial_loss, catastrophic_overfitting
 
 FAST = [*TINY, "--probe-epochs", "0", "--depth", "full", "--batch-size", "12"]
@@ -55,10 +57,29 @@ def test_adversarial_training_is_recorded_and_selects_on_robust_accuracy(
     meta = _meta(tmp_path)
     assert meta["trained_against"]["adversarial"]["method"] == method
     assert meta["trained_against"]["adversarial"]["eps"] == pytest.approx(8 / 255)
-    assert "valid_robust_accuracy" in meta["metrics"]
-    header = (tmp_path / "history.csv").read_text().splitlines()[0]
-    assert "valid_robust_accuracy" in header
-    assert ("train_pgd_accuracy" in header) == (method == "fgsm")
+    history = list(csv.DictReader((tmp_path / "history.csv").open(newline="")))
+    assert ("train_pgd_accuracy" in history[0]) == (method == "fgsm")
+    robust = [float(row["valid_robust_accuracy"]) for row in history]
+    best = robust.index(max(robust))  # the first epoch reaching the best robust accuracy is kept
+    assert meta["metrics"]["epoch"] == int(history[best]["epoch"])
+    assert meta["metrics"]["valid_robust_accuracy"] == pytest.approx(robust[best], rel=1e-5)
+
+
+def test_robust_selection_keeps_the_robust_best_not_the_clean_best(tmp_path: Path):
+    model = create_model(["a", "b"], arch="test_efficientnet", weights=None, image_size=32)
+    state, scores = TrainState(), []
+    epochs = [  # clean accuracy falls while robust accuracy rises, then robust falls back
+        {"loss": 0.1, "accuracy": 0.9, "robust_accuracy": 0.1},
+        {"loss": 0.2, "accuracy": 0.6, "robust_accuracy": 0.4},
+        {"loss": 0.1, "accuracy": 0.95, "robust_accuracy": 0.3},
+    ]
+    for epoch, valid in enumerate(epochs, start=1):
+        scores.append(keep_if_best(state, valid, epoch, model, tmp_path, {}, write=True))
+        assert _meta(tmp_path)["metrics"]["epoch"] == [1, 2, 2][epoch - 1]
+    assert scores == [True, True, False] and (state.best_epoch, state.best_score) == (2, 0.4)
+    plain = TrainState()  # without a robust score the clean accuracy decides
+    kept = [keep_if_best(plain, {"loss": 0, "accuracy": a}, 1, model, tmp_path, {}, False) for a in (0.5, 1)]
+    assert kept == [True, True] and plain.best_score == 1
 
 
 def test_preset_sets_defaults_and_explicit_options_win(tiny_data: Path, tmp_path: Path):
@@ -144,3 +165,21 @@ def test_adversarial_loss_is_higher_than_clean_and_leaves_the_model_as_found():
     assert adv.item() > clean.item()
     assert not model.training
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_overfitting_check_batch_survives_unreadable_sampled_images():
+    from birdshield.data import DataError
+    from birdshield.training.loop import _overfit_probe
+
+    class ThirdsUnreadable:  # 200 images; the strided sample (every 3rd from 0) hits only unreadable ones
+        def __len__(self) -> int:
+            return 200
+
+        def __getitem__(self, i: int):
+            return None if i % 3 == 0 else (torch.full((3, 8, 8), i / 200), i % 2)
+
+    cfg = config_from_options("d", "o", channels_last=False)
+    x, y = _overfit_probe(ThirdsUnreadable(), cfg, torch.device("cpu"))
+    assert len(y) == 64 and float(x[0, 0, 0, 0]) == pytest.approx(1 / 200)  # the first readable ones
+    with pytest.raises(DataError, match="no readable training image"):
+        _overfit_probe([None] * 10, cfg, torch.device("cpu"))

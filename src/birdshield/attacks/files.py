@@ -3,10 +3,11 @@ relative paths, never over an input) and a CSV of what changed."""
 
 from __future__ import annotations
 
-import csv
 import io
 import math
-from collections.abc import Sequence
+import os
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from .. import data
+from ..reporting.tables import csv_text
 from ..runtime import atomic_write_bytes, model_device, progress
 from .base import inference_logits
 from .registry import get_spec
@@ -23,36 +25,100 @@ CSV_COLUMNS = [
     "image", "output", "label", "label_source", "target", "clean_species", "clean_confidence",
     "adv_species", "adv_confidence", "success", "linf", "linf_255", "l2", "error",
 ]  # fmt: skip
+CSV_NAME = "attack.csv"
 
 
-def output_names(inputs: Sequence[str | Path], out_dir: Path) -> list[tuple[Path, Path]]:
+def output_names(
+    inputs: Sequence[str | Path], out_dir: Path, *, overwrite: bool = False
+) -> list[tuple[Path, Path]]:
     """(input file, output PNG) pairs: same path relative to the given folder (a file: its name), .png.
 
     Files found under ``out_dir`` while walking a folder are left out (a re-run must not attack its own
-    outputs). Refuses (DataError) an input folder as ``out_dir`` and any output landing on an input file.
+    outputs). Refuses (DataError), before anything is written: an input folder as ``out_dir``; any output
+    or ``attack.csv`` that already exists, unless ``overwrite``; and, even with ``overwrite``, any output
+    that is an input file. Paths are compared as the file system sees them: resolved, by identity
+    (device and inode) where they exist, and case-insensitively where ``out_dir``'s file system is.
     """
-    out_dir, pairs, used = Path(out_dir).absolute(), [], set()
+    out_dir = Path(out_dir).absolute()
+    key = _path_key(out_dir)
+    pairs, used = [], set()
     for given in map(Path, inputs):
-        if given.is_dir() and given.resolve() == out_dir.resolve():
+        if given.is_dir() and _same_file(given, out_dir):
             raise data.DataError(f"--out {out_dir} is an input folder; choose another output folder")
         for f in data.list_images(given):
-            if given.is_dir() and out_dir in f.absolute().parents:
+            if given.is_dir() and _is_within(f, out_dir, key):
                 continue
             rel = f.relative_to(given) if given.is_dir() else Path(f.name)
             dst, k = out_dir / rel.with_suffix(".png"), 1
-            while dst in used:  # a.jpg and a.png in one folder: keep both
+            while key(dst) in used:  # a.jpg and a.png in one folder (A.png and a.png on such disks): keep all
                 dst, k = out_dir / rel.with_name(f"{rel.stem}_{k}.png"), k + 1
-            used.add(dst)
+            used.add(key(dst))
             pairs.append((f, dst))
-    sources = {f.resolve() for f, _ in pairs}
-    clash = [str(d) for _, d in pairs if d.resolve() in sources]
-    if clash:
-        raise data.DataError(f"output would overwrite input file(s) {clash[:3]}; choose another --out folder")
+    _refuse_overwrites(pairs, out_dir / CSV_NAME, overwrite)
     return pairs
 
 
-def _quantise(x: Tensor, x_adv: Tensor, eps: float, norm: str) -> Tensor:
-    """8-bit version of x_adv; for Linf the rounded change is kept inside the ball (x is on the grid)."""
+def _path_key(folder: Path) -> Callable[[Path], str]:
+    """How paths under `folder` compare: case-folded where its file system ignores case."""
+    return (lambda p: str(p).casefold()) if _ignores_case(folder) else str
+
+
+def _ignores_case(folder: Path) -> bool:
+    """Probe the file system that holds `folder` (or would: its nearest existing parent) with a temporary
+    file; where it cannot be probed, assume it ignores case (the careful answer)."""
+    existing = next((p for p in (folder, *folder.parents) if p.is_dir()), None)
+    if existing is None:
+        return True
+    try:
+        with tempfile.NamedTemporaryFile(prefix=".birdshield-Case-Probe-", dir=existing) as probe:
+            name = Path(probe.name)
+            return (name.parent / name.name.swapcase()).exists()
+    except OSError:
+        return True
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
+
+
+def _is_within(path: Path, folder: Path, key: Callable[[Path], str]) -> bool:
+    folder_key = key(folder.resolve())
+    return any(key(parent) == folder_key for parent in path.resolve().parents)
+
+
+def _refuse_overwrites(pairs: list[tuple[Path, Path]], csv_path: Path, overwrite: bool) -> None:
+    inputs = {_identity(f) for f, _ in pairs} - {None}
+    existing = [dst for dst in [*(dst for _, dst in pairs), csv_path] if os.path.lexists(dst)]
+    for clash, what in (
+        ([d for d in existing if _identity(d) in inputs], "input file(s)"),
+        ([d for d in existing if d.is_dir()], "folder(s)"),
+    ):
+        if clash:
+            names = [str(d) for d in clash[:3]]
+            raise data.DataError(f"output would overwrite {what} {names}; choose another --out folder")
+    if existing and not overwrite:
+        names = ", ".join(str(d) for d in existing[:3]) + (", ..." if len(existing) > 3 else "")
+        raise data.DataError(
+            f"--out already holds {len(existing)} file(s) this run would overwrite ({names}); "
+            "pass --overwrite to replace them, or choose another folder"
+        )
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file `path` points to; None if it does not exist."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def quantise_8bit(x: Tensor, x_adv: Tensor, eps: float, norm: str) -> Tensor:
+    """8-bit version of x_adv (values 0..255 as floats); for Linf the rounded change is kept inside the
+    ball (x is on the grid). The `attack` command and the page write and judge these pixels."""
     q, q0 = (x_adv * 255).round(), (x * 255).round()
     if norm == "linf":
         k = math.floor(eps * 255 + 1e-6)
@@ -80,7 +146,7 @@ def _attack_batch(
     target_t = None if target is None else torch.full_like(y, index[target])
     spec = get_spec(attack)
     x_adv = spec.load()(model, x, y, **spec.kwargs(eps, **(options | {"target": target_t})))
-    q = _quantise(x, x_adv, eps, options.get("norm") or "linf")
+    q = quantise_8bit(x, x_adv, eps, options.get("norm") or "linf")
     p_adv = inference_logits(model, q / 255).softmax(1)
     rows = []
     for i, (src, dst, _) in enumerate(batch):
@@ -123,6 +189,7 @@ def attack_files(
     attack: str = "pgd",
     eps: float,
     batch_size: int = 16,
+    overwrite: bool = False,
     **options: Any,
 ) -> list[dict[str, Any]]:
     """Attack image files and write the adversarial images as 8-bit PNGs plus ``out_dir/attack.csv``.
@@ -132,14 +199,15 @@ def attack_files(
     the model's classes, else the model's clean prediction. ``options``: norm, steps, seed, target (a
     class name), restarts, n_queries, early_stop (default True: the first point that fools). The CSV's
     adversarial prediction and perturbation size are those of the written 8-bit image. Unreadable files
-    get a row with their error.
+    get a row with their error. Nothing in ``out_dir`` that this call did not create is replaced unless
+    ``overwrite`` (input files never are; see output_names).
     """
     check_target(attack, options.get("target"), model.class_names)
     out_dir = Path(out_dir)
-    pairs, rows, batch = output_names(inputs, out_dir), [], []
+    pairs, rows, batch = output_names(inputs, out_dir, overwrite=overwrite), [], []
     for j, (src, dst) in enumerate(progress(pairs, desc=attack, unit="img")):
         try:
-            batch.append((src, dst, data.to_tensor(data.read_rgb(src), model.image_size)))
+            batch.append((src, dst, data.load_tensor(src, model.image_size)))
         except data.BadImageError as e:
             rows.append(dict.fromkeys(CSV_COLUMNS, "") | {"image": str(src), "error": e.reason})
         if batch and (len(batch) == batch_size or j == len(pairs) - 1):
@@ -147,9 +215,6 @@ def attack_files(
             batch = []
     order = {str(src): i for i, (src, _) in enumerate(pairs)}
     rows.sort(key=lambda r: order[r["image"]])
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(out_dir / "attack.csv", buf.getvalue().encode())
+    table = csv_text([CSV_COLUMNS, *([row.get(c, "") for c in CSV_COLUMNS] for row in rows)])
+    atomic_write_bytes(out_dir / CSV_NAME, table.encode())
     return rows

@@ -12,9 +12,9 @@ import sys
 import traceback
 
 from .. import __version__
-from . import attack, certify, compare, data, demo, evaluate, export, options, predict, train
+from . import attack, certify, compare, data, demo, evaluate, export, options, predict, serve, train
 
-COMMANDS = [train, predict, data, evaluate, attack, certify, compare, export, demo]
+COMMANDS = [train, predict, data, evaluate, attack, certify, compare, export, demo, serve]
 
 
 def build_parser(train_preset: str | None = None) -> argparse.ArgumentParser:

@@ -22,7 +22,8 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "crop: the exact pixels the model judged). OUT/attack.csv lists per image the label used, the clean "
         "and adversarial prediction and confidence (of the written 8-bit PNG) and the perturbation's "
         "Linf/L2 size in [0,1] pixel units. Untargeted label: the parent folder's name if it is one of the "
-        "model's classes, else the model's own clean prediction. Input files are never overwritten.",
+        "model's classes, else the model's own clean prediction. Input files are never overwritten, and "
+        "files already in OUT only with --overwrite.",
     )
     p.add_argument("run_dir", help="run directory written by `birdshield train`")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders")
@@ -44,6 +45,12 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         action="store_false",
         help="keep optimising after the first success (more confident adversarials; early stop gives the "
         "first, least-changed point that fools the model)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files already in OUT that this run would write (e.g. an earlier run's); input files "
+        "are never overwritten",
     )
     options.add_batch_size(p, 16)
     options.add_device(p)
@@ -75,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         target=args.target,
         early_stop=args.early_stop,
+        overwrite=args.overwrite,
     )
     bad = [r for r in rows if r["error"]]
     fooled = sum(1 for r in rows if r["success"] == 1)

@@ -88,5 +88,8 @@ def run(args: argparse.Namespace) -> int:
         header=header,
     )
     print(certify_table(result), end="")
+    for im in result["images"]:
+        if im.get("error"):
+            print(f"  unreadable, left out: {im['image']}: {im['error']}", file=sys.stderr)
     print(f"-> {Path(args.out) / 'certify.json'}", file=sys.stderr)
     return 0

@@ -7,7 +7,16 @@ loading: torch datasets and streamed batches. check: the `data check` health rep
 from __future__ import annotations
 
 from .check import check, format_check
-from .images import IMAGE_EXTENSIONS, MAX_PIXELS, BadImageError, read_rgb, to_tensor
+from .images import (
+    IMAGE_EXTENSIONS,
+    MAX_ASPECT,
+    MAX_FILE_BYTES,
+    MAX_PIXELS,
+    BadImageError,
+    load_tensor,
+    read_rgb,
+    to_tensor,
+)
 from .layouts import (
     SPLITS,
     DataError,
@@ -22,6 +31,8 @@ from .loading import ImageDataset, collate_skip_bad, read_batches
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MAX_ASPECT",
+    "MAX_FILE_BYTES",
     "MAX_PIXELS",
     "SPLITS",
     "BadImageError",
@@ -34,6 +45,7 @@ __all__ = [
     "discover",
     "format_check",
     "list_images",
+    "load_tensor",
     "read_batches",
     "read_rgb",
     "samples_for_model",

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .images import MAX_PIXELS, BadImageError, _decode, _os_reason
+from .images import MAX_PIXELS, BadImageError, _decode, read_image_bytes
 from .layouts import SPLITS, _assign, _extra_classes, _root_path, _Scan, _scan
 
 __all__ = ["check", "format_check"]
@@ -48,14 +48,14 @@ def _dhash(img: Image.Image) -> int:
 
 def _inspect(path: Path) -> _Inspected:
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        return _Inspected(reason=_os_reason(e))
-    try:
+        data = read_image_bytes(path)
         img = _decode(path, data, MAX_PIXELS)
+        dhash = _dhash(img)
     except BadImageError as e:
         return _Inspected(reason=e.reason)
-    return _Inspected(hashlib.md5(data, usedforsecurity=False).hexdigest(), _dhash(img))
+    except Exception as e:  # MemoryError included: the report must still come out
+        return _Inspected(reason=f"cannot decode ({type(e).__name__}: {e})")
+    return _Inspected(hashlib.md5(data, usedforsecurity=False).hexdigest(), dhash)
 
 
 def _inspect_all(paths: Sequence[Path]) -> list[_Inspected]:

@@ -1,15 +1,19 @@
 """Image files to pixels: safe decoding, any colour mode to RGB, and RGB to float tensors in [0, 1].
 
-`read_rgb` checks the size limit from the header before decoding and turns every failure (missing, empty,
-truncated, not an image, too large, odd mode) into a BadImageError that names the file and the reason;
-`to_tensor` resizes and centre-crops to the (3, size, size) float tensors every model takes.
+Memory is bounded before anything large is allocated: the file size is capped before it is read, and the
+pixel count and aspect ratio are checked from the header before any pixel is decoded. `read_rgb` turns
+every failure (missing, empty, truncated, not an image, too large, odd mode, out of memory, any decoder
+error) into a BadImageError that names the file and the reason; `to_tensor` resizes and centre-crops to the
+(3, size, size) float tensors every model takes; `load_tensor` does both and names the file on any failure.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import stat
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,33 +22,85 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import BadImageError
 
-__all__ = ["IMAGE_EXTENSIONS", "MAX_PIXELS", "BadImageError", "read_rgb", "to_tensor"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MAX_ASPECT",
+    "MAX_FILE_BYTES",
+    "MAX_PIXELS",
+    "BadImageError",
+    "load_tensor",
+    "read_image_bytes",
+    "read_rgb",
+    "to_tensor",
+]
 
 log = logging.getLogger("birdshield")
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 )
-MAX_PIXELS: int = 100_000_000
+MAX_FILE_BYTES: int = 64 * 1024 * 1024  # a 100 MP photo is ~30 MB as JPEG; bigger files are refused unread
+MAX_PIXELS: int = 100_000_000  # 300 MB as 8-bit RGB once decoded
+# Longer side over shorter side. Beyond it an image is refused: no photo is a 50:1 strip, and the limit
+# bounds to_tensor's resized intermediate (size x at most 50 * size pixels) without changing its numbers.
+MAX_ASPECT: int = 50
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+_BLOCK_ELEMENTS = 1 << 22  # 32 MB of float64 per block when scaling high bit depths
+
+
+def read_image_bytes(path: str | Path) -> bytes:
+    """The bytes of an image file, or BadImageError: not a regular file, unreadable, or over MAX_FILE_BYTES
+    (checked before reading, so a huge file or a named pipe never gets read into memory)."""
+    path = Path(path)
+    try:
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise BadImageError(path, "is a folder, not an image file")
+        if not stat.S_ISREG(info.st_mode):
+            raise BadImageError(path, "not a regular file")
+        if info.st_size > MAX_FILE_BYTES:
+            raise BadImageError(path, _too_big(info.st_size))
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)  # the file may have grown since stat()
+    except OSError as e:
+        raise BadImageError(path, _os_reason(e)) from e
+    if len(data) > MAX_FILE_BYTES:
+        raise BadImageError(path, _too_big(None))
+    return data
+
+
+def _too_big(n_bytes: int | None) -> str:
+    size = "it" if n_bytes is None else f"{n_bytes:,} bytes"
+    return f"file too large: {size} exceeds the limit of {MAX_FILE_BYTES:,} bytes"
 
 
 def read_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode an image file fully into an RGB image, or raise BadImageError saying why it cannot be used.
 
-    The size limit is checked from the header before any pixel is decoded. Pillow's own, process-global
+    The size limits are checked from the header before any pixel is decoded. Pillow's own, process-global
     decompression-bomb check still runs first inside ``Image.open``; it is reported as "image too large" too.
+    Animated and multi-page files give their first frame.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise BadImageError(path, _os_reason(e)) from e
+    data = read_image_bytes(path)
     with warnings.catch_warnings():
         # Our own max_pixels check replaces Pillow's warning, which would otherwise escape to the caller.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         return _decode(path, data, max_pixels)
+
+
+def load_tensor(path: str | Path, size: int) -> torch.Tensor:
+    """``to_tensor(read_rgb(path), size)``; any failure, resizing too, is a BadImageError naming the file."""
+    img = read_rgb(path)
+    try:
+        return to_tensor(img, size)
+    except Exception as e:  # MemoryError included: one odd file must not stop a long job
+        raise BadImageError(path, f"cannot resize to {size} x {size} ({_describe(e)})") from e
+
+
+def _describe(e: BaseException) -> str:
+    return "out of memory" if isinstance(e, MemoryError) else f"{type(e).__name__}: {e}"
 
 
 def _os_reason(e: OSError) -> str:
@@ -67,15 +123,20 @@ def _decode(path: Path, data: bytes, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as e:  # some plugins check sizes again while loading
         raise BadImageError(path, f"image too large: {e}") from e
     except Exception as e:
-        raise BadImageError(path, f"truncated or corrupt image data ({e})") from e
+        raise BadImageError(path, f"truncated or corrupt image data ({_describe(e)})") from e
     try:
-        img = ImageOps.exif_transpose(img)
+        ImageOps.exif_transpose(img, in_place=True)  # in place: no full-size copy when nothing turns
+    except MemoryError as e:
+        raise BadImageError(path, "out of memory applying the EXIF orientation") from e
     except Exception as e:  # a broken EXIF block must not make good pixels unusable
         log.debug("%s: ignoring unreadable EXIF orientation (%s)", path, e)
+    mode = img.mode
     try:
+        if _is_wide(img):
+            img = _to_8bit(img)  # rebinding frees the 16/32-bit pixels before the RGB copy is made
         return _as_rgb(img)
-    except (ValueError, OSError) as e:
-        raise BadImageError(path, f"unsupported colour mode {img.mode} ({e})") from e
+    except Exception as e:
+        raise BadImageError(path, f"cannot convert colour mode {mode} to RGB ({_describe(e)})") from e
 
 
 def _open_image(path: Path, data: bytes, max_pixels: int) -> Image.Image:
@@ -86,7 +147,7 @@ def _open_image(path: Path, data: bytes, max_pixels: int) -> Image.Image:
     except UnidentifiedImageError as e:
         raise BadImageError(path, "not an image file (unknown or unsupported format)") from e
     except Exception as e:
-        raise BadImageError(path, f"truncated or corrupt image data ({e})") from e
+        raise BadImageError(path, f"truncated or corrupt image data ({_describe(e)})") from e
     width, height = img.size
     if width < 1 or height < 1:
         raise BadImageError(path, f"image has no pixels ({width} x {height})")
@@ -94,47 +155,101 @@ def _open_image(path: Path, data: bytes, max_pixels: int) -> Image.Image:
         raise BadImageError(
             path, f"image too large: {width} x {height} pixels exceeds the limit of {max_pixels:,} pixels"
         )
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise BadImageError(
+            path, f"extreme aspect ratio: {width} x {height} pixels is longer than {MAX_ASPECT}:1"
+        )
     return img
 
 
 def _as_rgb(img: Image.Image) -> Image.Image:
     """Any Pillow mode to RGB: transparency goes onto white, high bit depths are scaled, not clipped."""
-    if img.mode in _SIXTEEN_BIT or img.mode in ("I", "F"):
+    if _is_wide(img):
         img = _to_8bit(img)
     has_alpha = img.mode in _ALPHA_MODES or "transparency" in img.info
     if not has_alpha:
         return img if img.mode == "RGB" else img.convert("RGB")
-    rgba = img.convert("RGBA")
+    return _onto_white(img)
+
+
+def _onto_white(img: Image.Image) -> Image.Image:
+    """Composite onto white a block of rows at a time: an RGBA copy of a 100 MP image would take 400 MB."""
     out = Image.new("RGB", img.size, (255, 255, 255))
-    out.paste(rgba, mask=rgba.getchannel("A"))
+    rows = max(1, _BLOCK_ELEMENTS // img.width)
+    for top in range(0, img.height, rows):
+        rgba = img.crop((0, top, img.width, min(top + rows, img.height))).convert("RGBA")
+        out.paste(rgba, (0, top), mask=rgba.getchannel("A"))
     return out
 
 
+def _is_wide(img: Image.Image) -> bool:
+    return img.mode in _SIXTEEN_BIT or img.mode in ("I", "F")
+
+
 def _to_8bit(img: Image.Image) -> Image.Image:
-    """16-bit, 32-bit integer and float greyscale to 8 bit, by nominal range (else the actual range)."""
-    a = np.asarray(img).astype(np.float64)
+    """16-bit, 32-bit integer and float greyscale to 8 bit, by nominal range (else the actual range).
+
+    Converted a block of rows at a time, so a 100 MP image never has a full-size copy in float64 (800 MB).
+    """
+    width, height = img.size
+    rows = max(1, _BLOCK_ELEMENTS // width)
+    blocks = [(top, min(top + rows, height)) for top in range(0, height, rows)]
+    scale = _scaler(img, blocks)
+    out = np.empty((height, width), dtype=np.uint8)
+    for top, bottom in blocks:
+        out[top:bottom] = scale(np.asarray(img.crop((0, top, width, bottom))))
+    return Image.fromarray(out)
+
+
+def _scaler(img: Image.Image, blocks: list[tuple[int, int]]) -> Callable[[np.ndarray], np.ndarray]:
+    """The map from this image's pixel values to 0..255 (the range of "I" and "F" images is read first)."""
     if img.mode in _SIXTEEN_BIT:
-        a /= 257.0
-    else:
+        # Exactly rint(v / 257) for integers 0..65535 (no v / 257 lies half-way), without floats.
+        return lambda a: ((a.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    lo, hi = _finite_range(img, blocks)
+    if img.mode == "F" and lo >= 0.0 and hi <= 1.0:
+        return _float_map(lambda a: a * 255.0)  # float images are usually 0..1
+    if lo >= 0.0 and hi <= 65535.0 and hi > 255.0:
+        return _float_map(lambda a: a / 257.0)  # 16-bit data that Pillow opened as 32-bit "I"
+    if lo < 0.0 or hi > 255.0:
+        return _float_map(lambda a: (a - lo) * (255.0 / (hi - lo)))  # no nominal range: stretch it
+    return _float_map(lambda a: a)
+
+
+def _finite_range(img: Image.Image, blocks: list[tuple[int, int]]) -> tuple[float, float]:
+    lo, hi = np.inf, -np.inf
+    for top, bottom in blocks:
+        a = np.asarray(img.crop((0, top, img.width, bottom)))
         finite = a[np.isfinite(a)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-        if img.mode == "F" and lo >= 0.0 and hi <= 1.0:
-            a *= 255.0  # float images are usually 0..1
-        elif lo >= 0.0 and hi <= 65535.0 and hi > 255.0:
-            a /= 257.0  # 16-bit data that Pillow opened as 32-bit "I"
-        elif lo < 0.0 or hi > 255.0:
-            a = (a - lo) * (255.0 / (hi - lo))  # no nominal range: stretch what is there
-    a = np.nan_to_num(a, nan=0.0, posinf=255.0, neginf=0.0)
-    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
+        if finite.size:
+            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+    return (lo, hi) if lo <= hi else (0.0, 0.0)
+
+
+def _float_map(f: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    def scale(a: np.ndarray) -> np.ndarray:
+        a = np.nan_to_num(f(a.astype(np.float64)), nan=0.0, posinf=255.0, neginf=0.0)
+        return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+    return scale
 
 
 def to_tensor(img: Image.Image, size: int) -> torch.Tensor:
-    """(3, size, size) float32 in [0, 1]: shorter side resized to `size` (bilinear, antialiased), centred."""
+    """(3, size, size) float32 in [0, 1]: shorter side resized to `size` (bilinear, antialiased), centred.
+
+    An image beyond MAX_ASPECT (read_rgb refuses those; this guards images from elsewhere) is cropped to
+    its centred square first, so the resized intermediate stays small.
+    """
     if size < 1:
         raise ValueError(f"size must be a positive number of pixels, got {size}")
     if img.mode != "RGB":
         img = _as_rgb(img)
     width, height = img.size
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        side = min(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        img = img.crop((left, top, left + side, top + side))
+        width, height = img.size
     scale = size / min(width, height)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
     if (new_w, new_h) != (width, height):

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset as TorchDataset
 
-from .images import BadImageError, read_rgb, to_tensor
+from .images import BadImageError, load_tensor, read_rgb
 from .layouts import Sample
 
 __all__ = ["ImageDataset", "collate_skip_bad", "read_batches"]
@@ -32,7 +32,7 @@ def read_batches(
         good, tensors, bad = [], [], []
         for i in range(start, min(start + batch_size, len(paths))):
             try:
-                tensors.append(to_tensor(read_rgb(paths[i]), size))
+                tensors.append(load_tensor(paths[i], size))
                 good.append(i)
             except BadImageError as e:
                 bad.append((paths[i], e.reason))
@@ -63,14 +63,22 @@ class ImageDataset(TorchDataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
         sample = self.samples[i]
         try:
-            img = read_rgb(sample.path)
+            tensor = self._tensor(sample.path)
         except BadImageError as e:
             if self.strict:
                 raise
             log.warning("skipping unreadable image %s", e)
             return None
-        tensor = self.transform(img) if self.transform is not None else to_tensor(img, self.size)
         return tensor, sample.label
+
+    def _tensor(self, path: Path) -> torch.Tensor:
+        if self.transform is None:
+            return load_tensor(path, self.size)
+        img = read_rgb(path)
+        try:
+            return self.transform(img)
+        except Exception as e:  # one odd file must not stop training
+            raise BadImageError(path, f"cannot transform ({type(e).__name__}: {e})") from e
 
 
 def collate_skip_bad(

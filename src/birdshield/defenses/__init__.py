@@ -6,9 +6,9 @@ Adversarial training lives in `birdshield.training`.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
+from ..lazy import lazy_exports
 from .specs import DEFENSES, TRANSFORM_NAMES, SmoothingDefense
 
 _LAZY = {
@@ -47,13 +47,6 @@ def make_defense(name: str, param: float | None = None, **smoothing: Any) -> Any
     return make_transform(name, param)
 
 
-def __getattr__(name: str) -> Any:
-    for module, names in _LAZY.items():
-        if name in names:
-            return getattr(importlib.import_module(f".{module}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "DEFENSES",
     "TRANSFORM_NAMES",
@@ -61,3 +54,5 @@ __all__ = [
     "make_defense",
     *(n for v in _LAZY.values() for n in v),
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, {n: f".{m}" for m, names in _LAZY.items() for n in names})

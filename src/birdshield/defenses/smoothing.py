@@ -125,16 +125,26 @@ class Smoothed:
 
         n0 samples pick the candidate class, n fresh samples bound its probability from below.
         """
+        classes, radii, _ = self.certify_with_votes(x, n0, n, alpha, seed)
+        return classes, radii
+
+    def certify_with_votes(
+        self, x: Tensor, n0: int, n: int, alpha: float, seed: int = 0
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """`certify`, plus the vote counts (N, classes) of the n samples that bounded the probability
+        (what the page shows as the vote)."""
         check_params(n=n, alpha=alpha, n0=n0)
         gen = generator(x, seed)
-        classes, radii = [], []
+        classes, radii, votes = [], [], []
         for img in x:
             counts0, counts = self._votes(img, [n0, n], gen)
             c_a = int(counts0.argmax())
             radius = certified_radius(lower_confidence_bound(int(counts[c_a]), n, alpha), self.sigma)
             classes.append(ABSTAIN if radius is None else c_a)
             radii.append(math.nan if radius is None else radius)
-        return torch.tensor(classes, dtype=torch.long), torch.tensor(radii, dtype=torch.float64)
+            votes.append(counts)
+        votes_t = torch.stack(votes) if votes else torch.zeros(0, self.num_classes or 0, dtype=torch.long)
+        return torch.tensor(classes, dtype=torch.long), torch.tensor(radii, dtype=torch.float64), votes_t
 
 
 def check_params(*, n: int, alpha: float, n0: int = 1, sigma: float = 1.0, batch_size: int = 1) -> None:

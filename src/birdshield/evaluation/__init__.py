@@ -6,9 +6,7 @@ torch-free; the rest loads on first use (PEP 562), so reading the presets does n
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from ..lazy import lazy_exports
 from .config import DEFAULT_L2_EPS as DEFAULT_L2_EPS
 from .config import PRESETS as PRESETS
 from .config import EvalConfig as EvalConfig
@@ -27,14 +25,4 @@ _LAZY = {
 }
 __all__ = sorted(["DEFAULT_L2_EPS", "PRESETS", "EvalConfig", *_LAZY])
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

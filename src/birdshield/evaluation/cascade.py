@@ -97,11 +97,31 @@ class Tally:
 
     n: int = 0
     clean: int = 0
+    top5: int = 0
+    per_class: Counter = field(default_factory=Counter)  # class index -> images
+    per_class_correct: Counter = field(default_factory=Counter)
+    confused: Counter = field(default_factory=Counter)  # "true,predicted" -> clean mistakes
     corrupt: Counter = field(default_factory=Counter)
     attacks: dict[tuple[float, str], AttackTally] = field(default_factory=lambda: defaultdict(AttackTally))
     ensemble: Counter = field(default_factory=Counter)
     black_box_only: Counter = field(default_factory=Counter)
     flags: list[dict[str, str]] = field(default_factory=list)
+
+
+def clean_pass(logits: Tensor, y: Tensor, tally: Tally) -> Tensor:
+    """Count the clean predictions (top-1, top-5, per class, confusions); returns which are correct."""
+    pred = logits.argmax(1)
+    correct = pred == y
+    tally.clean += int(correct.sum())
+    top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    tally.top5 += int((top5 == y[:, None]).any(1).sum())
+    for t, p in zip(y.tolist(), pred.tolist(), strict=True):
+        tally.per_class[t] += 1
+        if t == p:
+            tally.per_class_correct[t] += 1
+        else:
+            tally.confused[f"{t},{p}"] += 1
+    return correct
 
 
 def corruption_specs(cfg: EvalConfig) -> list[dict[str, Any]]:

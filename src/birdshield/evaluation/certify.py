@@ -46,7 +46,7 @@ def _certify_one(
 ) -> dict[str, Any]:
     record: dict[str, Any] = {"image": str(sample.path), "label": sample.label}
     try:
-        x = data.to_tensor(data.read_rgb(sample.path), size)[None].to(device)
+        x = data.load_tensor(sample.path, size)[None].to(device)
     except data.BadImageError as e:
         return {**record, "prediction": None, "correct": False, "radius": None, "error": e.reason}
     start = time.perf_counter()

@@ -8,6 +8,9 @@ Report schema (``evaluate`` returns it; ``reporting.write_evaluate_report`` stor
     n:              images evaluated (readable ones)
     clean_accuracy: fraction of the n images classified correctly
     clean_ci95:     its 95% Clopper-Pearson interval [low, high]; every accuracy below has its own "ci95"
+    top5_accuracy:  fraction whose true class is among the 5 highest logits (top5_ci95 its interval)
+    per_class:      [{class, n, accuracy, ci95}] clean accuracy per class, worst first
+    confused_pairs: [{true, predicted, count}] the most frequent clean mistakes (at most 20), most first
     trained_against: the run's recorded {adversarial: {method, eps, ...}, noise_max, noise_sigma}
                     (rebuilt from older runs' training config; None without training metadata)
     corruptions:    [{name, severity, std, label, accuracy, ci95}]  severity None when an explicit noise
@@ -53,6 +56,30 @@ def trained_against(meta: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def per_class(tally: Tally, class_names: list[str] | None) -> list[dict[str, Any]]:
+    """Clean accuracy of each class seen, worst first (ties by name)."""
+    name = (lambda i: class_names[i]) if class_names else str
+    rows = [
+        {
+            "class": name(c),
+            "n": k,
+            "accuracy": tally.per_class_correct[c] / k,
+            "ci95": ci95(tally.per_class_correct[c], k),
+        }
+        for c, k in tally.per_class.items()
+    ]
+    return sorted(rows, key=lambda r: (r["accuracy"], r["class"]))
+
+
+def confused_pairs(tally: Tally, class_names: list[str] | None, most: int = 20) -> list[dict[str, Any]]:
+    name = (lambda i: class_names[int(i)]) if class_names else str
+    pairs = sorted(tally.confused.items(), key=lambda kv: (-kv[1], kv[0]))[:most]
+    return [
+        {"true": name(t), "predicted": name(p), "count": k}
+        for (t, p), k in ((key.split(","), k) for key, k in pairs)
+    ]
+
+
 def build_report(
     tally: Tally, cfg: EvalConfig, model: nn.Module, plan: list[str], skipped: list, seconds: float
 ) -> dict[str, Any]:
@@ -90,6 +117,10 @@ def build_report(
         "n": n,
         "clean_accuracy": tally.clean / n,
         "clean_ci95": ci95(tally.clean, n),
+        "top5_accuracy": tally.top5 / n,
+        "top5_ci95": ci95(tally.top5, n),
+        "per_class": per_class(tally, classes),
+        "confused_pairs": confused_pairs(tally, classes),
         "trained_against": trained_against(meta),
         "corruptions": corruptions,
         "results": results,

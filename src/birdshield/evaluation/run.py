@@ -17,7 +17,7 @@ from .. import data
 from ..attacks.base import inference_logits
 from ..reporting.writers import write_evaluate_report
 from ..runtime import model_device
-from .cascade import attack_plan, corruptions_pass, ensemble_at, pick_examples
+from .cascade import attack_plan, clean_pass, corruptions_pass, ensemble_at, pick_examples
 from .checks import gradient_flags, stochastic_flag
 from .config import N_EXAMPLES, EvalConfig, ProgressFn, config_dict
 from .report import build_report
@@ -73,8 +73,7 @@ def _evaluate(
         if p.plan is None:  # first chunk: settle the plan and run the one-batch sanity checks
             p.plan, p.skipped = attack_plan(cfg, n_classes or int(inference_logits(model, x[:1]).shape[1]))
             tally.flags += stochastic_flag(model, x) + gradient_flags(model, x, y)
-        correct = inference_logits(model, x).argmax(1) == y
-        tally.clean += int(correct.sum())
+        correct = clean_pass(inference_logits(model, x), y, tally)
         stage("corruptions")
         corruptions_pass(model, x, y, cfg, tally, seed)
         for eps in cfg.eps:

@@ -36,7 +36,7 @@ from .cascade import AttackTally, Tally
 STATE_FILE = "state.json"
 EXAMPLES_FILE = "examples.safetensors"
 CERTIFY_LOG = "certify.jsonl"
-_FORMAT = 1
+_FORMAT = 2  # 2: per-class counts, top-5 and confusions in the tally
 log = logging.getLogger(__name__)
 
 
@@ -116,6 +116,10 @@ def _tally_json(t: Tally) -> dict[str, Any]:
     return {
         "n": t.n,
         "clean": t.clean,
+        "top5": t.top5,
+        "per_class": list(t.per_class.items()),
+        "per_class_correct": list(t.per_class_correct.items()),
+        "confused": dict(t.confused),
         "corrupt": dict(t.corrupt),
         "attacks": [[e, name, dataclasses.asdict(rec)] for (e, name), rec in t.attacks.items()],
         "ensemble": list(t.ensemble.items()),
@@ -131,6 +135,10 @@ def _tally_from(d: dict[str, Any]) -> Tally:
     return Tally(
         n=d["n"],
         clean=d["clean"],
+        top5=d["top5"],
+        per_class=Counter(dict(d["per_class"])),
+        per_class_correct=Counter(dict(d["per_class_correct"])),
+        confused=Counter(d["confused"]),
         corrupt=Counter(d["corrupt"]),
         attacks=attacks,
         ensemble=Counter(dict(d["ensemble"])),

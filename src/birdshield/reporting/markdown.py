@@ -60,7 +60,12 @@ def format_summary(report: dict[str, Any]) -> str:
     """The few lines printed after an evaluation: clean, robust table, noise at the explicit stds, flags."""
     norm = report["ensemble"][0]["norm"] if report["ensemble"] else ""
     clean = pct_ci(report["clean_accuracy"], report["n"], report.get("clean_ci95"))
-    lines = [f"clean accuracy: {clean} of {report['n']} images ({CI_NOTE})", ""]
+    lines = [f"clean accuracy: {clean} of {report['n']} images ({CI_NOTE})"]
+    if "top5_accuracy" in report:
+        lines.append(
+            f"top-5 accuracy: {pct_ci(report['top5_accuracy'], report['n'], report.get('top5_ci95'))}"
+        )
+    lines.append("")
     if report["model"].get("defense"):
         lines = [f"defence: {report['model']['defense']} (attacked through it with BPDA)", *lines]
     if report["results"]:
@@ -89,6 +94,11 @@ def report_markdown(report: dict[str, Any], plots: list[str]) -> str:
         "",
         f"## Clean accuracy: {pct_ci(report['clean_accuracy'], report['n'], report.get('clean_ci95'))}",
         "",
+        *(
+            [f"Top-5 accuracy: {pct_ci(report['top5_accuracy'], report['n'], report.get('top5_ci95'))}", ""]
+            if "top5_accuracy" in report
+            else []
+        ),
         f"Every accuracy is of the {report['n']} images, with its {CI_NOTE}.",
         "",
         "## Sanity flags",
@@ -106,8 +116,29 @@ def report_markdown(report: dict[str, Any], plots: list[str]) -> str:
             [c["label"], pct_ci(c["accuracy"], report["n"], c.get("ci95"))] for c in report["corruptions"]
         ]
         lines += ["", "## Corruptions", "", *_table(["corruption", "accuracy"], rows), ""]
+    lines += _class_sections(report)
     lines += [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _class_sections(report: dict[str, Any], most: int = 15) -> list[str]:
+    """The worst classes and the most confused pairs: readable at 500 classes (all are in report.json)."""
+    classes, pairs = report.get("per_class") or [], report.get("confused_pairs") or []
+    lines = []
+    if len(classes) > 1:
+        shown = classes[:most]
+        rows = [[c["class"], str(c["n"]), pct_ci(c["accuracy"], c["n"], c.get("ci95"))] for c in shown]
+        more = f" ({len(shown)} of {len(classes)}; all in report.json)" if len(classes) > most else ""
+        lines += [
+            "",
+            f"## Clean accuracy per class, worst first{more}",
+            "",
+            *_table(["class", "n", "accuracy"], rows),
+        ]
+    if pairs:
+        rows = [[p["true"], p["predicted"], str(p["count"])] for p in pairs[:most]]
+        lines += ["", "## Most confused (clean)", "", *_table(["true", "predicted as", "images"], rows)]
+    return lines + ([""] if lines else [])
 
 
 def _attacks_text(report: dict[str, Any]) -> str:

@@ -5,9 +5,7 @@ Importing this package is cheap: the configs are plain Python and the loop (torc
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from ..lazy import lazy_exports
 from .config import (
     FLAT_FIELDS,
     METHODS,
@@ -20,7 +18,7 @@ from .config import (
     preset_defaults,
 )
 
-_LAZY = {"train": "loop", "TrainState": "loop"}
+_LAZY = {"train": ".loop", "TrainState": ".loop"}
 
 __all__ = [
     "FLAT_FIELDS",
@@ -35,12 +33,4 @@ __all__ = [
     *_LAZY,
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -6,6 +6,7 @@ DistributedDataParallel (gloo on CPU, nccl on CUDA) and only rank 0 writes files
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader
 from .. import data
 from ..models import CheckpointError, Classifier, create_model, save_checkpoint
 from ..reporting.plots import plot_training_curves
+from ..reporting.tables import csv_text
 from ..runtime import atomic_write_bytes, progress, tune_cpu_allocator
 from ..stats import ci95_of
 from .augment import augment
@@ -101,16 +103,20 @@ def _robust_valid(
 def _overfit_probe(train_ds: data.ImageDataset, cfg: TrainConfig, device: torch.device):
     """A fixed batch of training images for the catastrophic-overfitting check of fast FGSM training."""
     batch = data.collate_skip_bad([train_ds[i] for i in range(0, len(train_ds), max(1, len(train_ds) // 64))])
+    if batch is None:  # every sampled image unreadable: the first 64 readable ones instead
+        readable = (item for item in map(train_ds.__getitem__, range(len(train_ds))) if item is not None)
+        batch = data.collate_skip_bad(list(itertools.islice(readable, 64)))
+    if batch is None:
+        raise data.DataError("no readable training image (every file of the train split is unreadable)")
     return to_device(batch[0], device, cfg.channels_last), batch[1].to(device)
 
 
 def _write_history(out: Path, history: list[dict]) -> None:
     header = list(dict.fromkeys(k for h in history for k in h))  # rows of a resumed older run lack new keys
     rows = [
-        ",".join(f"{h[k]:.6g}" if isinstance(h.get(k), float) else str(h.get(k, "")) for k in header)
-        for h in history
+        [f"{h[k]:.6g}" if isinstance(h.get(k), float) else str(h.get(k, "")) for k in header] for h in history
     ]
-    atomic_write_bytes(out / "history.csv", ("\n".join([",".join(header), *rows]) + "\n").encode())
+    atomic_write_bytes(out / "history.csv", csv_text([header, *rows]).encode())
     plot_training_curves(history, out / "curves.png")
 
 

@@ -1,0 +1,275 @@
+"""Hostile files through every command: each finishes, skips and names every bad file, stays under 2 GB of
+memory and writes CSVs that a spreadsheet cannot run.
+
+The corpus is made by the test (a few MB on disk): bombs by aspect ratio (10 x 10,000,000), shape
+(100,000,000 x 1) and pixel count (11,000 x 11,000, and 20,000 x 20,000 past Pillow's own limit), a
+truncated, a corrupt, an empty and a text file, and usable but awkward images: 16-bit greyscale at 100 MP,
+an animated GIF, CMYK. File and class names start with = + - @, hold '..', unicode and case variants.
+The commands run one after another in one fresh process (one torch import for all), started by a small
+wrapper, and their peak resident memory is measured with getrusage (see DRIVER).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, textured_image
+
+PEAK_LIMIT_BYTES = 2 * 1024**3
+CLASSES = ["=SUM(1+1)", "+bird", "@Grünfink 鳥", "-..plain"]
+BAD = {  # name -> the reason's words
+    "aspect-bomb.png": "extreme aspect ratio",
+    "line-bomb.png": "extreme aspect ratio",
+    "pixel-bomb.png": "image too large",
+    "past-pillow-limit.png": "image too large",
+    "truncated.jpg": "truncated or corrupt",
+    "corrupt.jpg": "truncated or corrupt",
+    "empty.png": "empty file",
+    "notes.jpg": "not an image file",
+    "=HYPERLINK(0).jpg": "not an image file",
+}
+SPLIT_COUNTS = {"train": 4, "valid": 2, "test": 2}
+HOSTILE_CLASS = CLASSES[0]  # the hostile files sit in this class folder of the train and test splits
+
+# Runs birdshield commands one after another in this fresh process (one torch import for all: ~15 s on a
+# busy machine) and records the process's peak resident memory after each. ru_maxrss only grows, so the
+# value after a command bounds that command's peak (conservatively: it includes the commands before it).
+# Linux carries the parent's peak over into a child's ru_maxrss when the child is started by a process
+# as big as pytest (exec records the old address space's high-water mark), so the driver is started by
+# WRAPPER, a small fresh interpreter, which also reports the driver's overall peak (RUSAGE_CHILDREN).
+WRAPPER = (
+    "import resource, subprocess, sys\n"
+    "rc = subprocess.call(sys.argv[1:])\n"
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)\n"
+    "sys.exit(rc)\n"
+)
+DRIVER = """
+import json, resource, sys, traceback
+from birdshield.cli import main
+
+results = []
+for argv in json.loads(sys.argv[1]):
+    print(f"=== {argv[0]} ===", file=sys.stderr, flush=True)
+    try:
+        rc = main(["--threads", "1", *argv])
+    except BaseException:
+        traceback.print_exc()
+        rc = "crashed"
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    results.append({"rc": rc, "peak": peak})
+    print(f"=== {argv[0]} done ===", file=sys.stderr, flush=True)
+    with open(sys.argv[2], "w") as f:
+        json.dump(results, f)
+"""
+
+
+# ------------------------------------------------------------------------------------------ the corpus
+
+
+def _png(width: int, height: int, bit_depth: int = 8, colour: int = 0, rows: int | None = None) -> bytes:
+    """A PNG of zeros (colour type 0: greyscale, 6: RGBA), compressed as it is made (never held in memory
+    uncompressed); `rows` below height gives a header-only file whose IDAT stops early."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    row = b"\0" * (1 + width * {0: 1, 6: 4}[colour] * bit_depth // 8)
+    per_block = max(1, (1 << 20) // len(row))
+    packer, idat, left = zlib.compressobj(1), [], height if rows is None else rows
+    block = row * min(per_block, left)
+    while left:
+        n = min(left, per_block)
+        idat.append(packer.compress(block if n == per_block else row * n))
+        left -= n
+    idat.append(packer.flush())
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, colour, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", b"".join(idat)) + chunk(b"IEND", b"")
+
+
+def _hostile_files(folder: Path, seed: int, rgba: bool) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "aspect-bomb.png").write_bytes(_png(10, 10_000_000))
+    (folder / "line-bomb.png").write_bytes(_png(100_000_000, 1))
+    (folder / "pixel-bomb.png").write_bytes(_png(11_000, 11_000))
+    (folder / "past-pillow-limit.png").write_bytes(_png(20_000, 20_000, rows=16))
+    good = io.BytesIO()
+    textured_image(seed, size=(64, 64)).save(good, format="JPEG")
+    (folder / "truncated.jpg").write_bytes(good.getvalue()[: len(good.getvalue()) // 2])
+    header = good.getvalue()[: good.getvalue().index(b"\xff\xda") + 14]  # up to the scan's first bytes
+    (folder / "corrupt.jpg").write_bytes(header + np.random.default_rng(seed).bytes(3000))
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.jpg").write_text("field notes, not a picture\n")
+    (folder / "=HYPERLINK(0).jpg").write_text("=HYPERLINK(\"http://example.invalid\")\n")
+    (folder / "deep-16bit-100MP.png").write_bytes(_png(10_000, 10_000, bit_depth=16))
+    if rgba:
+        (folder / "transparent-100MP.png").write_bytes(_png(10_000, 10_000, colour=6))
+    frames = [textured_image(seed + k, size=(60, 40)) for k in range(3)]
+    frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    textured_image(seed + 3, size=(50, 50)).convert("CMYK").save(folder / "cmyk.jpg")
+    for k, name in enumerate(["=1+1.jpg", "a..b.jpg", "Case.jpg", "case.JPG"]):
+        textured_image(seed + 4 + k, size=(50, 50)).save(folder / name, format="JPEG")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Kaggle-layout dataset whose class names start with = + @ - (one holds '..', one unicode), with
+    the hostile files in the first class of the train and test splits."""
+    root = tmp_path_factory.mktemp("hostile")
+    seed = 0
+    for tint, name in enumerate(CLASSES):
+        for split, n in SPLIT_COUNTS.items():
+            for i in range(n):
+                seed += 1
+                path = root / split / name / f"{i}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                textured_image(seed, tint=tint).save(path)
+    for split in ("train", "test"):  # the 100 MP RGBA (the most memory per pixel) costs time: test only
+        _hostile_files(root / split / HOSTILE_CLASS, seed=100, rgba=split == "test")
+    return root
+
+
+def _bad_paths(root: Path, split: str) -> dict[str, str]:
+    return {str(root / split / HOSTILE_CLASS / name): reason for name, reason in BAD.items()}
+
+
+# ------------------------------------------------------------------------------------------ running
+
+
+def _commands(corpus: Path, out: Path) -> dict[str, list[str]]:
+    run, folder = out / "run", corpus / "test" / HOSTILE_CLASS
+    tiny = ["--arch", "test_efficientnet", "--weights", "none", "--image-size", "32", "--workers", "0"]
+    return {
+        "train": ["train", str(corpus), "--out", str(run), *tiny, "--epochs", "1", "--batch-size", "8"]
+        + ["--depth", "full", "--probe-epochs", "0"],
+        "predict": ["predict", str(run), str(folder), "--out", str(out / "predictions.csv")],
+        "evaluate": ["evaluate", str(run), str(corpus), "--out", str(out / "report"), "--attacks", "fgsm"]
+        + ["--eps", "2/255", "--corruptions", "none", "--batch-size", "8"],
+        "certify": ["certify", str(run), str(corpus), "--out", str(out / "cert"), "--selection-samples", "4"]
+        + ["--samples", "8", "--alpha", "0.1", "--batch-size", "8"],
+        "attack": ["attack", str(run), str(folder), "--out", str(out / "adv"), "--attack", "fgsm"],
+    }
+
+
+@pytest.fixture(scope="module")
+def ran(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict]]:
+    """Every command run once on the corpus (train first: the others use its model); (output folder,
+    command -> {"rc", "peak" (bytes), "stderr" (its part)})."""
+    out = tmp_path_factory.mktemp("hostile_out")
+    commands = _commands(corpus, out)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
+    driver = [sys.executable, "-c", DRIVER, json.dumps(list(commands.values())), str(out / "results.json")]
+    proc = subprocess.run([sys.executable, "-c", WRAPPER, *driver], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert len(results) == len(commands), proc.stderr[-3000:]
+    overall_peak = int(proc.stdout.splitlines()[-1])
+    assert overall_peak < PEAK_LIMIT_BYTES, f"the commands peaked at {overall_peak / 1024**3:.2f} GB"
+    parts = {}
+    for name, result in zip(commands, results, strict=True):
+        text = proc.stderr.split(f"=== {name} ===\n", 1)[1].split(f"=== {name} done ===\n", 1)[0]
+        parts[name] = {**result, "stderr": text}
+    print({name: f"{r['peak'] / 1024**3:.2f} GB" for name, r in parts.items()})  # shown with -s
+    return out, parts
+
+
+def _finished_within_memory(results: dict[str, dict], command: str) -> str:
+    """Assert `command` finished (exit 0) under PEAK_LIMIT_BYTES; its stderr."""
+    result = results[command]
+    assert result["rc"] == 0, result["stderr"][-3000:]
+    assert result["peak"] < PEAK_LIMIT_BYTES, f"{command} peaked at {result['peak'] / 1024**3:.2f} GB"
+    return result["stderr"]
+
+
+def _assert_named(text: str, bad: dict[str, str]) -> None:
+    for path, reason in bad.items():
+        lines = [line for line in text.splitlines() if path in line]
+        assert lines, f"{path} not named"
+        assert any(reason in line for line in lines), (path, lines)
+
+
+def _assert_spreadsheet_safe(path: Path) -> list[list[str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    cells = [cell for row in rows for cell in row]
+    for cell in cells:
+        assert not cell.startswith(("=", "+", "@", "\t", "\r")), cell
+        assert not cell.startswith("-") or cell.lstrip("-").replace(".", "").isdigit(), cell
+    assert any(cell.startswith("'=") for cell in cells)  # the hostile names are there, escaped
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ the commands
+
+
+def test_train_skips_and_names_every_bad_file(ran, corpus: Path) -> None:
+    out, results = ran
+    stderr = _finished_within_memory(results, "train")
+    _assert_named(stderr, _bad_paths(corpus, "train"))
+    assert json.loads((out / "run" / "birdshield.json").read_text())["class_names"] == sorted(CLASSES)
+    rows = list(csv.reader((out / "run" / "history.csv").open(newline="")))
+    assert len(rows) == 2 and all(not c.startswith(("=", "+", "@")) for row in rows for c in row)
+
+
+def test_predict_skips_and_names_every_bad_file(ran, corpus: Path) -> None:
+    out, results = ran
+    stderr = _finished_within_memory(results, "predict")
+    bad = _bad_paths(corpus, "test")
+    _assert_named(stderr, bad)
+    rows = _assert_spreadsheet_safe(out / "predictions.csv")
+    by_image = {row[0].removeprefix("'"): row for row in rows[1:]}
+    assert set(by_image) == {str(p) for p in (corpus / "test" / HOSTILE_CLASS).iterdir()}
+    for path, row in by_image.items():
+        species, error = row[1], row[-1]
+        if path in bad:
+            assert bad[path] in error and not species, row
+        else:
+            assert not error and species.removeprefix("'") in CLASSES, row
+
+
+def test_evaluate_skips_and_names_every_bad_file(ran, corpus: Path) -> None:
+    out, results = ran
+    stderr = _finished_within_memory(results, "evaluate")
+    bad = _bad_paths(corpus, "test")
+    _assert_named(stderr, bad)
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert {b["path"] for b in report["bad_images"]} == set(bad)
+    n_test = sum(1 for p in (corpus / "test").rglob("*") if p.is_file())
+    assert report["n"] == n_test - len(bad)
+
+
+def test_certify_skips_and_names_every_bad_file(ran, corpus: Path) -> None:
+    out, results = ran
+    stderr = _finished_within_memory(results, "certify")
+    bad = _bad_paths(corpus, "test")
+    _assert_named(stderr, bad)
+    result = json.loads((out / "cert" / "certify.json").read_text())
+    errors = {im["image"]: im["error"] for im in result["images"] if im.get("error")}
+    assert set(errors) == set(bad) and all(bad[p] in e for p, e in errors.items())
+    n_test = sum(1 for p in (corpus / "test").rglob("*") if p.is_file())
+    assert len(result["images"]) == n_test
+
+
+def test_attack_skips_and_names_every_bad_file(ran, corpus: Path) -> None:
+    out, results = ran
+    stderr = _finished_within_memory(results, "attack")
+    bad = _bad_paths(corpus, "test")
+    _assert_named(stderr, bad)
+    rows = _assert_spreadsheet_safe(out / "adv" / "attack.csv")
+    by_image = {row[0].removeprefix("'"): dict(zip(rows[0], row, strict=True)) for row in rows[1:]}
+    assert set(by_image) == {str(p) for p in (corpus / "test" / HOSTILE_CLASS).iterdir()}
+    written = sorted(p.name for p in (out / "adv").glob("*.png"))
+    good = [p.name for p in (corpus / "test" / HOSTILE_CLASS).iterdir() if str(p) not in bad]
+    assert written == sorted(f"{Path(name).stem}.png" for name in good)
+    for path, row in by_image.items():
+        assert (path in bad) == bool(row["error"]) == (not row["output"]), row
