@@ -152,17 +152,19 @@ def ensemble_at(
     x: Tensor,
     y: Tensor,
     correct: Tensor,
+    clean_logits: Tensor,
     eps: float,
     cfg: EvalConfig,
     plan: Sequence[str],
     tally: Tally,
     seed: int,
     on_stage: Callable[[str], None],
-) -> Tensor:
-    """Run the attack ensemble at one eps on one chunk; returns each image's worst input found."""
+) -> tuple[Tensor, Tensor]:
+    """Run the attack ensemble at one eps on one chunk; returns each image's worst input found, with
+    its logits (``clean_logits`` where no attack ran)."""
     alive = correct.clone()
     fooled_wb, fooled_bb = torch.zeros_like(correct), torch.zeros_like(correct)
-    worst = x.clone()
+    worst, worst_logits = x.clone(), clean_logits.clone()
     for name in plan:
         on_stage(f"{name} eps={format_eps(eps)}")
         rows = (correct if cfg.independent else alive).nonzero().squeeze(1)
@@ -176,6 +178,7 @@ def ensemble_at(
             rec.outside_ball += int((_norm_of(x_adv - x[rows], cfg.norm) > eps * (1 + 1e-5) + 1e-6).sum())
             fresh = ~(fooled_wb | fooled_bb)[rows]  # keep the first fooling input of each image
             worst[rows[fresh]] = x_adv[fresh]
+            worst_logits[rows[fresh]] = result.logits[fresh].to(worst_logits.dtype)
         (fooled_bb if spec.black_box else fooled_wb).logical_or_(fooled)
         alive &= ~fooled
         rec.n_attacked += rows.numel()
@@ -184,18 +187,26 @@ def ensemble_at(
         rec.seconds += time.perf_counter() - t0
     tally.ensemble[eps] += int(alive.sum())
     tally.black_box_only[eps] += int((fooled_bb & ~fooled_wb).sum())
-    return worst
+    return worst, worst_logits
 
 
 def pick_examples(
-    model: nn.Module, x: Tensor, y: Tensor, worst: Tensor, correct: Tensor, eps: float, k: int
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    worst: Tensor,
+    correct: Tensor,
+    eps: float,
+    k: int,
+    logits: tuple[Tensor, Tensor],
 ) -> list[dict[str, Any]]:
-    """Up to k clean-correct images with their worst adversarial input; fooled ones, varied species first."""
+    """Up to k clean-correct images with their worst adversarial input; fooled ones, varied species first.
+
+    ``logits``: the model's logits of x and of worst, as the clean pass and the attacks computed them."""
     rows = correct.nonzero().squeeze(1)
     if rows.numel() == 0 or k <= 0:
         return []
-    p_clean = inference_logits(model, x[rows]).softmax(1)
-    p_adv = inference_logits(model, worst[rows]).softmax(1)
+    p_clean, p_adv = (z[rows].float().softmax(1) for z in logits)
     held, labels, seen, rank = (p_adv.argmax(1) == y[rows]).tolist(), y[rows].tolist(), Counter(), []
     for c in labels:
         seen[c] += 1

@@ -18,25 +18,37 @@ from .cascade import Tally
 from .config import EvalConfig
 
 
-def gradient_flags(model: nn.Module, x: Tensor, y: Tensor) -> list[dict[str, str]]:
-    """Input gradients of the clean loss: non-finite or exactly zero ones make gradient attacks blind."""
+def model_flags(model: nn.Module, x: Tensor, y: Tensor, clean_logits: Tensor) -> list[dict[str, str]]:
+    """The first chunk's checks of the model, stochasticity then gradients, from one forward with gradients:
+    its logits are the second call compared with ``clean_logits`` (the clean pass of the same x)."""
     xg = x.detach().clone().requires_grad_(True)
     try:
         with torch.enable_grad():
             logits = model(xg)
             (g_ce,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), xg, retain_graph=True)
-            (g_m,) = torch.autograd.grad(margin_loss(logits, y).sum(), xg)
     except RuntimeError as e:  # the output does not depend differentiably on the input at all
-        return [
-            {"flag": "no input gradient", "detail": f"cannot differentiate the model w.r.t. its input: {e}"}
+        detail = f"cannot differentiate the model w.r.t. its input: {e}"
+        return stochastic_flag(clean_logits, inference_logits(model, x)) + [
+            {"flag": "no input gradient", "detail": detail}
         ]
-    flags = []
-    if not (torch.isfinite(g_ce).all() and torch.isfinite(g_m).all()):
-        flags.append({"flag": "non-finite gradients", "detail": "NaN/inf input gradients on clean images"})
+    return stochastic_flag(clean_logits, logits.detach()) + _gradient_flags(logits, xg, y, g_ce)
+
+
+def _gradient_flags(logits: Tensor, xg: Tensor, y: Tensor, g_ce: Tensor) -> list[dict[str, str]]:
+    """Input gradients of the clean loss: non-finite or exactly zero ones make gradient attacks blind.
+
+    The logit margin's gradient is only needed to qualify zero cross-entropy gradients (a non-finite
+    margin gradient comes with a non-finite cross-entropy one: both are the logits' Jacobian times a
+    finite vector), so its backward pass is spent only then.
+    """
+    finite, zero_flags = bool(torch.isfinite(g_ce).all()), []
     zero_ce = (g_ce.flatten(1) == 0).all(1)
     if zero_ce.any():
+        with torch.enable_grad():
+            (g_m,) = torch.autograd.grad(margin_loss(logits, y).sum(), xg)
+        finite = finite and bool(torch.isfinite(g_m).all())
         zero_m = int(((g_m.flatten(1) == 0).all(1) & zero_ce).sum())
-        flags.append(
+        zero_flags.append(
             {
                 "flag": "zero gradients",
                 "detail": f"cross-entropy input gradient is exactly zero for {int(zero_ce.sum())}/{len(y)} "
@@ -45,11 +57,12 @@ def gradient_flags(model: nn.Module, x: Tensor, y: Tensor) -> list[dict[str, str
                 "(gradient masking). Rely on black-box results and BPDA/EOT-style attacks.",
             }
         )
-    return flags
+    non_finite = {"flag": "non-finite gradients", "detail": "NaN/inf input gradients on clean images"}
+    return ([] if finite else [non_finite]) + zero_flags
 
 
-def stochastic_flag(model: nn.Module, x: Tensor) -> list[dict[str, str]]:
-    a, b = inference_logits(model, x), inference_logits(model, x)
+def stochastic_flag(a: Tensor, b: Tensor) -> list[dict[str, str]]:
+    """Two calls of the model on the same images gave logits a and b: differing ones flag randomness."""
     if torch.allclose(a, b, rtol=1e-4, atol=1e-5):
         return []
     changed = int((a.argmax(1) != b.argmax(1)).sum())
@@ -57,7 +70,7 @@ def stochastic_flag(model: nn.Module, x: Tensor) -> list[dict[str, str]]:
         {
             "flag": "stochastic model",
             "detail": f"two identical calls gave different logits (max |diff| {(a - b).abs().max():.3g}, "
-            f"{changed}/{len(x)} predictions changed): accuracies are noisy and single-sample gradients "
+            f"{changed}/{len(a)} predictions changed): accuracies are noisy and single-sample gradients "
             "understate attacks; evaluate with EOT (gradients averaged over many calls).",
         }
     ]

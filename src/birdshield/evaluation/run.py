@@ -18,7 +18,7 @@ from ..attacks.base import inference_logits
 from ..reporting.writers import write_evaluate_report
 from ..runtime import model_device
 from .cascade import attack_plan, clean_pass, corruptions_pass, ensemble_at, pick_examples
-from .checks import gradient_flags, stochastic_flag
+from .checks import model_flags
 from .config import N_EXAMPLES, EvalConfig, ProgressFn, config_dict
 from .report import build_report
 from .state import (
@@ -70,16 +70,20 @@ def _evaluate(
     for x, y in batches:
         x, y = x.to(device), y.to(device)
         seed = cfg.seed + tally.n  # a different, reproducible noise draw per chunk
+        clean_logits = inference_logits(model, x)
         if p.plan is None:  # first chunk: settle the plan and run the one-batch sanity checks
-            p.plan, p.skipped = attack_plan(cfg, n_classes or int(inference_logits(model, x[:1]).shape[1]))
-            tally.flags += stochastic_flag(model, x) + gradient_flags(model, x, y)
-        correct = clean_pass(inference_logits(model, x), y, tally)
+            p.plan, p.skipped = attack_plan(cfg, n_classes or int(clean_logits.shape[1]))
+            tally.flags += model_flags(model, x, y, clean_logits)
+        correct = clean_pass(clean_logits, y, tally)
         stage("corruptions")
         corruptions_pass(model, x, y, cfg, tally, seed)
         for eps in cfg.eps:
-            worst = ensemble_at(model, x, y, correct, eps, cfg, p.plan, tally, seed, stage)
+            worst, worst_logits = ensemble_at(
+                model, x, y, correct, clean_logits, eps, cfg, p.plan, tally, seed, stage
+            )
             if p.examples is not None and eps == max(cfg.eps):
-                p.examples += pick_examples(model, x, y, worst, correct, eps, N_EXAMPLES - len(p.examples))
+                k = N_EXAMPLES - len(p.examples)
+                p.examples += pick_examples(model, x, y, worst, correct, eps, k, (clean_logits, worst_logits))
         tally.n += len(y)
         p.seconds = earlier + time.perf_counter() - start
         if after_chunk is not None:
