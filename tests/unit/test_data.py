@@ -461,13 +461,15 @@ def test_cub_missing_image_is_an_error(tmp_path: Path, make_image) -> None:
         data.discover(root)
 
 
-def test_list_images_keeps_files_and_walks_folders(tmp_path: Path, make_image) -> None:
+def test_list_images_keeps_files_and_walks_folders_for_images(tmp_path: Path, make_image) -> None:
     odd = _write(tmp_path / "given.txt", b"not an image")
     folder = tmp_path / "in"
     for rel in ("b.jpg", "a/c.png", "a/.hidden.jpg", ".git/x.jpg", "z.weird"):
         _write(folder / rel, b"x")
-    found = data.list_images([odd, str(folder)])
-    assert found == [odd, folder / "a" / "c.png", folder / "b.jpg", folder / "z.weird"]
+    skipped: list[Path] = []
+    found = data.list_images([odd, str(folder)], skipped)
+    assert found == [odd, folder / "a" / "c.png", folder / "b.jpg"]  # a given file is kept as given
+    assert skipped == [folder / "z.weird"]  # a folder's non-image file is not an image to predict
     assert data.list_images(folder) == found[1:]
     with pytest.raises(DataError, match="no such file"):
         data.list_images([tmp_path / "nope.jpg"])
