@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import json
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +49,22 @@ def tune_cpu_allocator() -> bool:
         return False
     _allocator_tuned = ok
     return ok
+
+
+def preload(*modules: str) -> threading.Thread:
+    """Import third-party `modules` in a daemon thread: what a long job needs only at its end (matplotlib
+    for the plots, scipy for the intervals: ~1.5 s) loads while the job computes, not after it. Failures
+    are left for the real import to report. Only leaf libraries: birdshield's own modules import each
+    other, and two threads importing one cycle from both ends would deadlock."""
+
+    def load() -> None:
+        for name in modules:
+            with contextlib.suppress(Exception):
+                importlib.import_module(name)
+
+    thread = threading.Thread(target=load, name="birdshield-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 def set_threads(n: int) -> None:
