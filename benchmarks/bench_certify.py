@@ -199,7 +199,14 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     _print(args, run_dir, chosen, export_s, best, records)
 
 
-def _print(args, run_dir, chosen, export_s, best, records) -> None:  # noqa: ANN001
+def _print(
+    args: argparse.Namespace,
+    run_dir: Path,
+    chosen: list[tuple[str, str]],
+    export_s: float,
+    best: dict[str, float],
+    records: dict[str, list[dict]],
+) -> None:
     n = len(chosen)
     print(
         f"{n} images of {args.data} ({args.split}), sigma {args.sigma}, n0 {args.selection_samples}, "

@@ -15,7 +15,8 @@ from birdshield.cli import main
 
 
 def _odd_files(folder: Path) -> dict[str, bool]:
-    """Write every kind of awkward file; map name -> whether it should be predicted."""
+    """Write every kind of awkward file; map name -> whether it should be predicted (False: an error row).
+    Non-image files (notes.txt, birds.csv, README.md) are not listed: predict skips them."""
     folder.mkdir(parents=True, exist_ok=True)
     img = textured_image(1, size=(60, 40), tint=1)
     img.save(folder / "10.jpg")
@@ -27,6 +28,8 @@ def _odd_files(folder: Path) -> dict[str, bool]:
     (folder / "truncated.jpg").write_bytes(good[: len(good) // 2])
     (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" * 10)
     (folder / "notes.txt").write_text("a text file among the photos\n")
+    (folder / "birds.csv").write_text("filepaths,labels\n10.jpg,A\n")
+    (folder / "README.md").write_text("# photos\n")
     (folder / "sub").mkdir()
     img.save(folder / "sub" / "1.jpg")
     return {
@@ -38,7 +41,6 @@ def _odd_files(folder: Path) -> dict[str, bool]:
         "sub/1.jpg": True,
         "truncated.jpg": False,
         "corrupt.jpg": False,
-        "notes.txt": False,
     }
 
 
@@ -47,12 +49,14 @@ def _read(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_predict_names_good_files_and_reports_bad_ones(tiny_run: Path, tmp_path: Path):
+def test_predict_names_good_files_and_reports_bad_ones(tiny_run: Path, tmp_path: Path, capsys):
     expected = _odd_files(tmp_path / "imgs")
     out = tmp_path / "preds.csv"
     assert main(["predict", str(tiny_run), str(tmp_path / "imgs"), "--out", str(out), "--top-k", "2"]) == 0
     rows = {Path(r["image"]).relative_to(tmp_path / "imgs").as_posix(): r for r in _read(out)}
-    assert set(rows) == set(expected)
+    assert set(rows) == set(expected)  # the text files are skipped, not reported as bad images
+    err = capsys.readouterr().err
+    assert "skipped 3 non-image file(s) in the folders (README.md, birds.csv, notes.txt)" in err
     for name, ok in expected.items():
         row = rows[name]
         if ok:

@@ -92,3 +92,13 @@ def test_page_benchmark_times_every_action_through_http(tiny_run: Path):
     assert "page: http://127.0.0.1:" in out.stdout
     for action in ("predict", "fgsm", "pgd-10", "smoothing n=100"):
         assert any(line.startswith(action) for line in out.stdout.splitlines()), out.stdout
+
+
+def test_pgd_benchmark_whole_process_runs_both_sides(tiny_run: Path, tiny_data: Path):
+    pytest.importorskip("torchattacks")
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_pgd.py"), str(tiny_run), "--whole-process"]
+    cmd += ["--data", str(tiny_data), "--n", "6", "--steps", "2", "--eps", "8/255", "--threads", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "whole-process time ratio theirs/ours" in out.stdout and "robust accuracies" in out.stdout
+    assert out.stdout.count("robust accuracy ") == 2

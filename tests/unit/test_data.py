@@ -296,6 +296,17 @@ def test_any_resize_failure_is_a_bad_image_naming_the_file(tmp_path: Path, monke
     assert (good, x) == ([], None) and bad[0][0] == path and "cannot resize" in bad[0][1]
 
 
+@pytest.mark.parametrize("workers", [0, 1, 3])
+def test_read_batches_gives_the_same_chunks_with_decode_threads(tmp_path: Path, make_image, workers) -> None:
+    paths = [make_image(tmp_path / f"{i}.png", seed=i, size=(30 + i, 20)) for i in range(7)]
+    paths.insert(3, _write(tmp_path / "bad.jpg", b"not an image"))
+    chunks = list(data.read_batches(paths, 16, 3, workers=workers))
+    assert [good for good, _, _ in chunks] == [[0, 1, 2], [4, 5], [6, 7]]
+    assert [[path for path, _ in bad] for _, _, bad in chunks] == [[], [paths[3]], []]
+    for good, x, _ in chunks:
+        assert torch.equal(x, torch.stack([data.load_tensor(paths[i], 16) for i in good]))
+
+
 def test_bad_image_error_survives_pickling() -> None:
     err = pickle.loads(pickle.dumps(BadImageError(Path("a/b.jpg"), "not an image file")))
     assert err.path == Path("a/b.jpg") and err.reason == "not an image file"
@@ -450,13 +461,15 @@ def test_cub_missing_image_is_an_error(tmp_path: Path, make_image) -> None:
         data.discover(root)
 
 
-def test_list_images_keeps_files_and_walks_folders(tmp_path: Path, make_image) -> None:
+def test_list_images_keeps_files_and_walks_folders_for_images(tmp_path: Path, make_image) -> None:
     odd = _write(tmp_path / "given.txt", b"not an image")
     folder = tmp_path / "in"
     for rel in ("b.jpg", "a/c.png", "a/.hidden.jpg", ".git/x.jpg", "z.weird"):
         _write(folder / rel, b"x")
-    found = data.list_images([odd, str(folder)])
-    assert found == [odd, folder / "a" / "c.png", folder / "b.jpg", folder / "z.weird"]
+    skipped: list[Path] = []
+    found = data.list_images([odd, str(folder)], skipped)
+    assert found == [odd, folder / "a" / "c.png", folder / "b.jpg"]  # a given file is kept as given
+    assert skipped == [folder / "z.weird"]  # a folder's non-image file is not an image to predict
     assert data.list_images(folder) == found[1:]
     with pytest.raises(DataError, match="no such file"):
         data.list_images([tmp_path / "nope.jpg"])

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from ..defenses.smoothing import check_params
     from ..evaluation import certify_to_dir, prepare_out_dir
     from ..reporting.markdown import certify_table
-    from ..runtime import tune_cpu_allocator
+    from ..runtime import preload, tune_cpu_allocator
 
     params = {"sigma": args.sigma, "n0": args.selection_samples, "n": args.samples, "alpha": args.alpha}
     with options.usage_errors():
@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     samples = data.samples_for_model(data.discover(args.data), args.split, model.class_names)
     samples = data.stratified_subset(samples, args.n_images, args.seed)
     header = {"run": str(args.run_dir), "data": str(args.data), "split": args.split, "runtime": runtime}
+    preload("scipy.stats", "matplotlib.figure")  # the first bound, then the plot, while the forwards run
     result = certify_to_dir(
         model,
         samples,

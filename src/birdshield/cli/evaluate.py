@@ -165,8 +165,9 @@ def evaluate_and_print(model: Any, data_root: str, split: str, cfg: Any, out: st
     from .. import data
     from ..evaluation import evaluate_to_dir
     from ..reporting.markdown import format_summary
-    from ..runtime import stage_progress
+    from ..runtime import preload, stage_progress
 
+    preload("matplotlib.figure", "scipy.stats")  # for the report, while the evaluation runs
     samples = data.samples_for_model(data.discover(data_root), split, model.class_names)
     with stage_progress("evaluate") as on_progress:
         report = evaluate_to_dir(model, samples, cfg, out, split=split, on_progress=on_progress, **kwargs)

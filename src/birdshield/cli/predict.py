@@ -83,9 +83,12 @@ def run(args: argparse.Namespace) -> int:
         raise options.UsageError("no image files or folders given after the run directory")
     tune_cpu_allocator()
     model = models.load_for_inference(run_dir, args.device, runtime=args.runtime)
-    rows = predict_files(
-        model, data.list_images(inputs), top_k=args.top_k, batch_size=args.batch_size, defense=defense
-    )
+    skipped: list[Path] = []
+    images = data.list_images(inputs, skipped)
+    if skipped:
+        names = ", ".join(p.name for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        print(f"skipped {len(skipped)} non-image file(s) in the folders ({names})", file=sys.stderr)
+    rows = predict_files(model, images, top_k=args.top_k, batch_size=args.batch_size, defense=defense)
     bad = [r for r in rows if r["error"]]
     fmt = {"top_k": args.top_k, "grading": args.format == "grading"}
     if args.out == "-":

@@ -107,14 +107,20 @@ def _subfolders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not _is_hidden(p.name))
 
 
-def list_images(paths: Iterable[str | Path] | str | Path) -> list[Path]:
-    """Prediction inputs: files kept as given (any extension: bad ones get an error row), folders walked."""
+def list_images(paths: Iterable[str | Path] | str | Path, skipped: list[Path] | None = None) -> list[Path]:
+    """Prediction inputs: files kept as given (any extension: bad ones get an error row), folders walked for
+    image files (IMAGE_EXTENSIONS, as datasets are read). Other files in a folder (a dataset's CSV, a
+    README) are not images to predict: they are left out, and appended to ``skipped`` when it is given."""
     if isinstance(paths, str | Path):
         paths = [paths]
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found.extend(_walk_files(path))
+            for file in _walk_files(path):
+                if _is_image_name(file):
+                    found.append(file)
+                elif skipped is not None:
+                    skipped.append(file)
         elif path.exists():
             found.append(path)
         else:

@@ -8,7 +8,9 @@ reports the bad files beside each chunk.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -23,20 +25,43 @@ __all__ = ["ImageDataset", "collate_skip_bad", "read_batches"]
 log = logging.getLogger("birdshield")
 
 
-def read_batches(
-    paths: Sequence[Path], size: int, batch_size: int
-) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[Path, str]]]]:
+Chunk = tuple[list[int], torch.Tensor | None, list[tuple[Path, str]]]
+
+
+def read_batches(paths: Sequence[Path], size: int, batch_size: int, workers: int = 1) -> Iterator[Chunk]:
     """Decode `paths` a batch at a time: (indices of the readable ones, their tensors or None, [(bad path,
-    reason)]). Unreadable files are reported, never raised, so a long job goes on."""
-    for start in range(0, len(paths), batch_size):
-        good, tensors, bad = [], [], []
-        for i in range(start, min(start + batch_size, len(paths))):
-            try:
-                tensors.append(load_tensor(paths[i], size))
-                good.append(i)
-            except BadImageError as e:
-                bad.append((paths[i], e.reason))
-        yield good, (torch.stack(tensors) if tensors else None), bad
+    reason)]). Unreadable files are reported, never raised, so a long job goes on.
+
+    `workers` threads decode the next chunks while the caller works on this one (Pillow and torch release
+    the GIL while they decode and convert), so a model is not kept waiting for its input; 0 decodes each
+    chunk when it is asked for. The chunks and their order are the same either way.
+    """
+    starts = range(0, len(paths), batch_size)
+    if workers < 1:
+        yield from (_read_chunk(paths, start, batch_size, size) for start in starts)
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="birdshield-decode")
+    try:
+        pending: deque[Future[Chunk]] = deque()
+        for start in starts:
+            pending.append(pool.submit(_read_chunk, paths, start, batch_size, size))
+            if len(pending) > workers:  # at most `workers` chunks decoded ahead: memory stays bounded
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _read_chunk(paths: Sequence[Path], start: int, batch_size: int, size: int) -> Chunk:
+    good, tensors, bad = [], [], []
+    for i in range(start, min(start + batch_size, len(paths))):
+        try:
+            tensors.append(load_tensor(paths[i], size))
+            good.append(i)
+        except BadImageError as e:
+            bad.append((paths[i], e.reason))
+    return good, (torch.stack(tensors) if tensors else None), bad
 
 
 class ImageDataset(TorchDataset):

@@ -14,7 +14,6 @@ from torch import nn
 from .. import data
 from ..defenses.smoothing import ABSTAIN, Smoothed
 from ..reporting.markdown import DEFAULT_RADII
-from ..reporting.writers import write_certify_report
 from ..runtime import model_device, progress
 from ..stats import ci95
 from .state import CertifyLog, model_fingerprint, prepare_out_dir, samples_digest
@@ -118,6 +117,8 @@ def certify_to_dir(
     log = CertifyLog(out, fingerprint, resume)
     images = _certify_images(smoothed, samples, params, log.records, on_record=log.append)
     result = {**(header or {}), **_summary(images, sigma=sigma, **params)}
+    from ..reporting.writers import write_certify_report  # matplotlib: loaded when the report is due
+
     write_certify_report(result, out)
     log.remove()
     return result

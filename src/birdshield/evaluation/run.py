@@ -15,7 +15,6 @@ from torch import Tensor, nn
 
 from .. import data
 from ..attacks.base import inference_logits
-from ..reporting.writers import write_evaluate_report
 from ..runtime import model_device
 from .cascade import attack_plan, clean_pass, corruptions_pass, ensemble_at, pick_examples
 from .checks import model_flags
@@ -176,6 +175,8 @@ def evaluate_to_dir(
     report["split"] = split
     if surrogate_dir is not None:
         report["config"]["surrogate"] = str(surrogate_dir)
+    from ..reporting.writers import write_evaluate_report  # matplotlib: loaded when the report is due
+
     write_evaluate_report(report, out, p.examples)
     clear_progress(out)
     return report
