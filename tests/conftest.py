@@ -66,6 +66,14 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def feature_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Training's feature caches go to a temporary folder, never the user's ~/.cache (subprocesses too)."""
+    import os
+
+    os.environ["BIRDSHIELD_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__import__("os").environ.get("BIRDSHIELD_SHARED", REPO.parent / "shared"))
 BIRDS_MINI = SHARED / "data" / "birds-mini"

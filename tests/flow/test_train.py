@@ -183,3 +183,23 @@ def test_resume_with_another_model_is_a_clear_error(tiny_run: Path, tiny_data: P
     args = ["train", str(tiny_data), "--out", str(run), *TINY, "--arch", "resnet10t", "--probe-epochs", "0"]
     assert main([*args, "--resume"]) == 2  # the last --arch wins
     assert "cannot resume" in capsys.readouterr().err
+
+
+def test_fast_cpu_path_trains_the_cached_probe_and_a_rerun_reuses_its_features(
+    tiny_data: Path, tmp_path: Path, capsys
+):
+    cache = tmp_path / "cache"
+    args = ["train", str(tiny_data), *TINY, "--fast-cpu", "on", "--probe-epochs", "20", "--feature-cache"]
+    assert main([*args, str(cache), "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "fast CPU path (--fast-cpu on)" in out and "train features" not in out  # quiet off a terminal
+    meta = birdshield.models.read_metadata(tmp_path / "a")
+    assert meta["training"]["depth"] == "probe" and meta["training"]["augment"]["hflip"] is False
+    assert meta["metrics"]["valid_accuracy"] > 1 / 3  # the probe learnt the tints
+    assert len(list(cache.iterdir())) == 2  # one cache per split
+    stamp = {p: p.stat().st_mtime_ns for p in cache.rglob("*.f16")}
+    assert main([*args, str(cache), "--out", str(tmp_path / "b")]) == 0
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.f16")} == stamp  # read back, not rewritten
+    a, b = birdshield.models.load(tmp_path / "a"), birdshield.models.load(tmp_path / "b")
+    x = torch.rand(2, 3, 48, 48)
+    torch.testing.assert_close(a(x), b(x))  # same features, same seed: the same head

@@ -44,6 +44,20 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="linear-probe epochs on cached features that warm-start the head (only without noise/geometric "
         "augmentation; 0 = off)",
     )
+    g.add_argument(
+        "--feature-cache",
+        default=d.feature_cache,
+        metavar="DIR",
+        help="folder of the probe's on-disk feature caches, reused by later runs on the same images and "
+        "backbone (default: $BIRDSHIELD_CACHE or ~/.cache/birdshield; 'none': keep features in memory)",
+    )
+    g.add_argument(
+        "--fast-cpu",
+        choices=["auto", "on", "off"],
+        default=d.fast_cpu,
+        help="train only the cached linear probe on plain images, no fine-tuning: 'auto' does so on a CPU "
+        "from 10,000 training images (BIRDS-525 in well under an hour on 2 cores instead of many hours)",
+    )
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs")
     g.add_argument(

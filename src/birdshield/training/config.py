@@ -82,6 +82,8 @@ class TrainConfig:
     image_size: int | None = None
     depth: str = "last-2"  # "probe" (head only), "last-N" (last N block groups + head) or "full"
     probe_epochs: int = 30  # cached linear-probe epochs that warm-start the head (0: off)
+    feature_cache: str = ""  # the probe's feature caches ("": $BIRDSHIELD_CACHE or ~/.cache/birdshield)
+    fast_cpu: str = "auto"  # auto | on | off: the cached probe alone, for large data sets on a CPU
     epochs: int = 6
     patience: int = 5
     batch_size: int = 32

@@ -10,7 +10,7 @@ import itertools
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +141,28 @@ class TrainState:
         if improved:
             self.best_score, self.best_epoch = score, epoch
         return improved
+
+
+# From this many training images on, `fast_cpu="auto"` trains only the probe on a CPU: fine-tuning the
+# last blocks over BIRDS-525's 84,635 photos would take hours on a laptop (see benchmarks/bench_scale.py).
+FAST_CPU_MIN_IMAGES = 10_000
+
+
+def _fast_cpu(cfg: TrainConfig, device: torch.device, n_train: int) -> TrainConfig:
+    """The config to train with: the fast CPU path (cached probe of plain images, no fine-tuning) when
+    chosen, `cfg` otherwise."""
+    if cfg.fast_cpu not in ("auto", "on", "off"):
+        raise ValueError(f"fast_cpu must be 'auto', 'on' or 'off', got {cfg.fast_cpu!r}")
+    cacheable = cfg.augment.only_flips and not cfg.adv.active and cfg.probe_epochs > 0
+    if cfg.fast_cpu == "on" and not cacheable:
+        raise ValueError(
+            "--fast-cpu on trains a probe on cached features: it excludes noise, geometric "
+            "and adversarial training, and needs --probe-epochs > 0"
+        )
+    auto = cfg.fast_cpu == "auto" and device.type == "cpu" and n_train >= FAST_CPU_MIN_IMAGES and cacheable
+    if cfg.fast_cpu == "on" or auto:
+        return replace(cfg, depth="probe", augment=replace(cfg.augment, hflip=False))
+    return cfg
 
 
 def _discover(cfg: TrainConfig) -> data.Dataset:
@@ -297,6 +319,14 @@ def train(cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
 
     dataset = _discover(cfg)
+    fast = _fast_cpu(cfg, device, len(dataset.splits["train"]))
+    if fast is not cfg:
+        why = "--fast-cpu on" if cfg.fast_cpu == "on" else f"{len(dataset.splits['train'])} images on a CPU"
+        log(
+            f"fast CPU path ({why}): a linear probe on cached features of the frozen backbone, no "
+            "fine-tuning, no flipped views; --fast-cpu off fine-tunes (hours on a large data set)"
+        )
+        cfg = fast
     model = create_model(dataset.class_names, arch=cfg.arch, weights=cfg.weights, image_size=cfg.image_size)
     train_ds, valid_ds = _datasets(dataset, model.image_size, cfg.strict)
     log(
@@ -312,8 +342,9 @@ def train(cfg: TrainConfig) -> dict:
     cached_probe = cfg.augment.only_flips and cfg.probe_epochs > 0
     state = TrainState()
     if cached_probe and not resuming:  # the probed head is epoch 0: fine-tuning must beat it to replace it
-        probe_on_cached_features(model, train_ds, valid_ds, cfg, device, log)
-        keep_if_best(state, validate(model, valid_ds, cfg, device, d), 0, model, out, meta, d.main)
+        probed = probe_on_cached_features(model, train_ds, valid_ds, cfg, device, log, d, cfg.augment.hflip)
+        valid = validate(model, valid_ds, cfg, device, d) if cfg.adv.select == "robust" else probed
+        keep_if_best(state, valid, 0, model, out, meta, d.main)
     epochs = 0 if cfg.depth == "probe" and cached_probe else cfg.epochs
     # A probed head is already good: fine-tune it at the backbone's gentle rate, or it drags the features.
     opt = make_optimizer(model, cfg, head_lr=cfg.backbone_lr if cached_probe else cfg.lr)
