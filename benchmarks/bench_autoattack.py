@@ -37,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=50, help="images per attack batch")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--full", action="store_true", help="also run birdshield's --full ensemble")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (both sides run there)")
     return p.parse_args(argv)
 
 
@@ -44,12 +45,14 @@ def load(args: argparse.Namespace):
     import torch
 
     from birdshield import data, models
+    from birdshield.runtime import pick_device
 
-    model = models.load_for_inference(args.run_dir, "cpu")
+    device = pick_device(args.device)
+    model = models.load_for_inference(args.run_dir, device)
     samples = data.samples_for_model(data.discover(args.data), args.split, model.class_names)
     samples = data.stratified_subset(samples, args.n_images, seed=0)
     x = torch.stack([data.to_tensor(data.read_rgb(s.path), model.image_size) for s in samples])
-    return model, x, torch.tensor([s.label for s in samples])
+    return model, x.to(device), torch.tensor([s.label for s in samples], device=device)
 
 
 def reference(model, x, y, eps: float, steps: int, targets: int, bs: int) -> tuple[float, float]:
@@ -63,7 +66,7 @@ def reference(model, x, y, eps: float, steps: int, targets: int, bs: int) -> tup
         eps=eps,
         version="custom",
         attacks_to_run=["apgd-ce", "apgd-t"],
-        device="cpu",
+        device=x.device,
         verbose=False,
         seed=0,
     )

@@ -58,15 +58,17 @@ def predict_files(
     top_k: int = 1,
     batch_size: int = 32,
     defense: object = None,
+    workers: int = 1,
 ) -> list[dict]:
     """One dict per path, in order: image, top (list of (species, confidence)), error ('' when fine).
 
-    Files are read a batch at a time; an unreadable one gets its error instead of stopping the run.
+    Files are read a batch at a time, `workers` threads decoding ahead of the model (data.read_batches);
+    an unreadable one gets its error instead of stopping the run.
     """
     if isinstance(defense, SmoothingDefense):
         return _smoothed_rows(model, paths, top_k, defense)
     rows: dict[Path, dict] = {}
-    batches = data.read_batches(paths, model.image_size, batch_size)
+    batches = data.read_batches(paths, model.image_size, batch_size, workers)
     for good, x, bad in progress(batches, desc="predict", total=-(-len(paths) // batch_size)):
         for path, reason in bad:
             rows[path] = {"image": str(path), "top": [], "error": reason}

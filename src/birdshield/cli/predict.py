@@ -35,6 +35,13 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "project's image,specie file sorted by numeric file name",
     )
     options.add_batch_size(p, 32)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="threads decoding the next batches while the model runs (0: decode between batches; more "
+        "keep a GPU fed)",
+    )
     options.add_device(p)
     p.add_argument(
         "--runtime",
@@ -88,7 +95,14 @@ def run(args: argparse.Namespace) -> int:
     if skipped:
         names = ", ".join(p.name for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
         print(f"skipped {len(skipped)} non-image file(s) in the folders ({names})", file=sys.stderr)
-    rows = predict_files(model, images, top_k=args.top_k, batch_size=args.batch_size, defense=defense)
+    rows = predict_files(
+        model,
+        images,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        defense=defense,
+        workers=args.workers,
+    )
     bad = [r for r in rows if r["error"]]
     fmt = {"top_k": args.top_k, "grading": args.format == "grading"}
     if args.out == "-":
