@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -134,13 +135,15 @@ def tiny_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def kill_cli_when(argv: list[str], ready: Callable[[], bool], timeout: float = 300) -> None:
-    """Run `birdshield ARGV` in a subprocess and SIGKILL it as soon as ready() (polled every 5 ms) holds.
+def kill_cli_when(
+    argv: list[str], ready: Callable[[], bool], timeout: float = 300, sig: int = signal.SIGKILL
+) -> None:
+    """Run `birdshield ARGV` in a subprocess and send it `sig` as soon as ready() (polled every 5 ms) holds.
 
-    Fails if the command ends first: the test then proves nothing about resuming.
+    SIGKILL must kill it; SIGINT (Ctrl-C) must end it with exit 130 and, as the last line, no traceback
+    but how to resume. Fails if the command ends first: the test then proves nothing about resuming.
     """
     import os
-    import signal
     import subprocess
     import sys
     import time
@@ -157,9 +160,16 @@ def kill_cli_when(argv: list[str], ready: Callable[[], bool], timeout: float = 3
             if time.monotonic() > deadline:
                 pytest.fail("never became ready to be killed")
             time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
         proc.wait()
         proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+        return
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"birdshield {argv[0]}: interrupted") and "--resume" in last, err

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import re
 import shutil
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -474,13 +475,15 @@ def test_resumed_evaluation_gives_the_same_report(tiny_run: Path, tiny_data: Pat
     assert not (out / "state.json").exists() and (out / "examples.png").is_file()
 
 
-def test_evaluate_cli_resumes_after_sigkill(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_evaluate_cli_resumes_after_signal(tiny_run: Path, tiny_data: Path, tmp_path: Path, sig: int) -> None:
+    """Killed, or stopped by Ctrl-C, after its first chunk: --resume ends with the uninterrupted numbers."""
     argv = ["evaluate", str(tiny_run), str(tiny_data), "--attacks", "fgsm,pgd,square", "--steps", "3"]
     argv += ["--eps", "8/255", "--square-queries", "20", "--n-images", "6", "--batch-size", "2"]
     argv += ["--corruptions", "gaussian_noise", "--severities", "1", "--noise-std", "none"]
     assert main([*argv, "--out", str(tmp_path / "a")]) == 0
     out = tmp_path / "b"
-    kill_cli_when([*argv, "--out", str(out)], ready=(out / "state.json").is_file)
+    kill_cli_when([*argv, "--out", str(out)], ready=(out / "state.json").is_file, sig=sig)
     assert not (out / "report.json").exists()
     assert 2 <= json.loads((out / "state.json").read_text())["samples_done"] < 6
     assert main([*argv, "--out", str(out), "--resume"]) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import signal
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, TINY_CLASSES, textured_image
 
 import birdshield
 import birdshield.models
@@ -133,35 +134,57 @@ def test_run_killed_mid_epoch_resumes(tiny_data: Path, tmp_path: Path):
     assert [r["train_loss"] for r in _history(straight)] == [r["train_loss"] for r in resumed]
 
 
-def test_torchrun_two_cpu_processes_train_with_ddp(tiny_data: Path, tmp_path: Path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_port=29533",
-        "-m",
-        "birdshield.cli",
-        "train",
-        str(tiny_data),
-        "--out",
-        str(tmp_path),
-        *TINY,
-        "--epochs",
-        "2",
-        "--probe-epochs",
-        "0",
-        "--depth",
-        "full",
-        "--device",
-        "cpu",
-    ]
-    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+@pytest.fixture
+def odd_data_with_bad_files(tmp_path: Path) -> Path:
+    """9 good and 4 unreadable training images: 13, odd, so the two ranks' shares differ without padding,
+    and at batch size 1 every unreadable file is a batch with no image at all."""
+    root = tmp_path / "data"
+    for tint, name in enumerate(TINY_CLASSES):
+        for split, n in {"train": 3, "valid": 2}.items():
+            for i in range(n):
+                path = root / split / name / f"{i}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                textured_image(100 * tint + 10 * (split == "valid") + i, tint=tint).save(path)
+    for i in range(4):
+        (root / "train" / TINY_CLASSES[i % 3] / f"bad{i}.jpg").write_bytes(b"not an image")
+    return root
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL `pid` and its descendants, children first (torchrun starts each worker in its own session,
+    so killing its process group would leave deadlocked workers holding the output pipes)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    for child in children.read_text().split() if children.exists() else []:
+        _kill_tree(int(child))
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _run_or_fail(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run `cmd`; past `timeout` kill it with all its processes and fail (a deadlock must not hang pytest)."""
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_tree(proc.pid)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"still running after {timeout} s (deadlocked?): {stdout[-2000:]} {stderr[-2000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def test_torchrun_two_cpu_processes_train_with_ddp(odd_data_with_bad_files: Path, tmp_path: Path):
+    """DDP over gloo with an odd number of training images and batches of unreadable images only: every
+    rank takes part in every collective, so the run ends (a rank that skipped a step would deadlock)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += ["-m", "birdshield.cli", "train", str(odd_data_with_bad_files), "--out", str(tmp_path / "run")]
+    cmd += [*TINY, "--epochs", "2", "--probe-epochs", "0", "--depth", "full", "--batch-size", "1"]
+    out = _run_or_fail([*cmd, "--device", "cpu"], timeout=120)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "x2" in out.stdout  # both ranks joined one process group
+    assert "13 train" in out.stdout and "bad3.jpg" in out.stderr  # the unreadable files were in the split
     assert out.stdout.count("epoch 1/2") == 1  # only rank 0 reports and writes
-    assert len(_history(tmp_path)) == 2
-    birdshield.load(tmp_path)
+    assert len(_history(tmp_path / "run")) == 2
+    birdshield.load(tmp_path / "run")
 
 
 def test_empty_class_folder_is_a_clear_error(tiny_data: Path, tmp_path: Path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -355,7 +356,9 @@ def test_certify_runtimes_draw_the_same_noise(tiny_run: Path, tiny_data: Path, t
     assert model_fingerprint(onnx_model) == model_fingerprint(load_for_inference(tiny_run, "cpu", "onnx"))
 
 
-def test_certify_cli_resumes_after_sigkill(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_certify_cli_resumes_after_signal(tiny_run: Path, tiny_data: Path, tmp_path: Path, sig: int) -> None:
+    """Killed, or stopped by Ctrl-C, after its first image: --resume ends with the uninterrupted numbers."""
     argv = [
         "certify",
         str(tiny_run),
@@ -375,7 +378,7 @@ def test_certify_cli_resumes_after_sigkill(tiny_run: Path, tiny_data: Path, tmp_
     def one_done() -> bool:  # the fingerprint line and one image
         return log.is_file() and log.read_text().count("\n") >= 2
 
-    kill_cli_when([*argv, "--out", str(out)], ready=one_done)
+    kill_cli_when([*argv, "--out", str(out)], ready=one_done, sig=sig)
     assert not (out / "certify.json").exists() and log.read_text().count("\n") < 7
     assert main([*argv, "--out", str(out), "--resume", "--seed", "1"]) == 2  # other noise: refused
     assert main([*argv, "--out", str(out), "--resume"]) == 0

@@ -15,6 +15,7 @@ from .. import __version__
 from . import attack, certify, compare, data, demo, evaluate, export, options, predict, serve, train
 
 COMMANDS = [train, predict, data, evaluate, attack, certify, compare, export, demo, serve]
+RESUMABLE = {"train", "evaluate", "certify"}  # the commands that save their progress as they go
 
 
 def build_parser(train_preset: str | None = None) -> argparse.ArgumentParser:
@@ -58,9 +59,15 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"birdshield {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("birdshield: interrupted (train, evaluate and certify continue with --resume)", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C: what was saved stays saved; one line, no traceback
+        print(interrupted_message(args.command), file=sys.stderr)
         return 130
+
+
+def interrupted_message(command: str) -> str:
+    if command in RESUMABLE:
+        return f"birdshield {command}: interrupted; run the same command with --resume to continue"
+    return f"birdshield {command}: interrupted"
 
 
 if __name__ == "__main__":

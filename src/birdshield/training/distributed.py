@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +45,21 @@ def all_reduce(values: list[float], d: Dist, device: torch.device) -> list[float
     return t.tolist()
 
 
-def teardown(d: Dist) -> None:
-    if d.world > 1:
-        dist.barrier()
+def teardown(d: Dist, barrier: bool = True) -> None:
+    """Leave the process group; `barrier=False` after an error, when the other ranks may never reach one."""
+    if d.world > 1 and dist.is_initialized():
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+@contextmanager
+def process_group(device_name: str) -> Iterator[tuple[Dist, torch.device]]:
+    """setup() for the block; the group is left at its end however it ends (torchrun stops the others)."""
+    d, device = setup(device_name)
+    try:
+        yield d, device
+    except BaseException:
+        teardown(d, barrier=False)
+        raise
+    teardown(d)

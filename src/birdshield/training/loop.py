@@ -10,6 +10,8 @@ import itertools
 import json
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from ..stats import ci95_of
 from .augment import augment
 from .batches import autocast, make_loader, to_device
 from .config import TrainConfig
-from .distributed import Dist, all_reduce, setup, teardown
+from .distributed import Dist, all_reduce, process_group
 from .optim import lr_factor, make_optimizer, set_lr
 from .probe import probe_on_cached_features
 from .resume import RESUME_FILE, load_resume, save_resume
@@ -215,6 +217,36 @@ def _ddp(model: Classifier, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
+@contextmanager
+def _batch_norm_frozen(net: nn.Module) -> Iterator[None]:
+    """Batch norm in eval mode for the block: running statistics untouched."""
+    training = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    for m in training:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m in training:
+            m.train()
+
+
+def _zero_gradient_step(
+    net: nn.Module, opt: torch.optim.Optimizer, size: int, device: torch.device, cfg: TrainConfig
+) -> None:
+    """The step of a DDP rank whose batch was all unreadable images: a blank image with its loss times 0.
+
+    The forward and backward run DDP's collectives (buffer broadcast, gradient all-reduce) as a real step
+    does, so the other ranks never wait on this one; its gradient is zero, and frozen batch norm keeps the
+    blank image out of the running statistics.
+    """
+    x = to_device(torch.zeros(1, 3, size, size), device, cfg.channels_last)
+    with _batch_norm_frozen(net), autocast(device, cfg):
+        loss = net(x).float().sum() * 0
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def train_one_epoch(
     net: nn.Module,
     model: Classifier,
@@ -239,9 +271,12 @@ def train_one_epoch(
     loss_sum = correct = n = 0.0
     loader = make_loader(train_ds, cfg, d, True, epoch)
     for i, batch in enumerate(progress(loader, desc=f"epoch {epoch}")):
-        if batch is None:
+        if batch is None and d.world == 1:
             continue
         set_lr(opt, lr_factor((epoch - 1) * steps_per_epoch + i, total_steps, warmup_steps))
+        if batch is None:  # the other ranks all-reduce this step's gradients: take part with none
+            _zero_gradient_step(net, opt, train_ds.size, device, cfg)
+            continue
         x, y = to_device(batch[0], device, cfg.channels_last), batch[1].to(device)
         x = augment(x, cfg.augment, gen)
         eps = cfg.adv.eps_at(epoch - 1 + i / steps_per_epoch)
@@ -314,7 +349,11 @@ def _silent(*args: object, **kwargs: object) -> None:
 def train(cfg: TrainConfig) -> dict:
     """Train, keep the best-validation checkpoint in `cfg.out`, and return a summary of the run."""
     tune_cpu_allocator()
-    d, device = setup(cfg.device)
+    with process_group(cfg.device) as (d, device):
+        return _train(cfg, d, device)
+
+
+def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> dict:
     out, log = Path(cfg.out), print if d.main else _silent
     torch.manual_seed(cfg.seed)
 
@@ -364,7 +403,9 @@ def train(cfg: TrainConfig) -> dict:
         valid = validate(model, valid_ds, cfg, device, d)
         row = _history_row(epoch, opt, trained, valid)
         if overfit_batch is not None:
-            row["train_pgd_accuracy"] = robust_accuracy(model, *overfit_batch, cfg.adv.eps, steps=10)
+            # averaged over ranks (their batch norm statistics differ): all must agree on stopping
+            pgd_acc = robust_accuracy(model, *overfit_batch, cfg.adv.eps, steps=10)
+            row["train_pgd_accuracy"] = all_reduce([pgd_acc], d, device)[0] / d.world
         row["seconds"] = round(time.time() - t0, 2)
         state.history.append(row)
         if catastrophic_overfitting(state.history):  # checked first: an overfitted epoch is never the best
@@ -379,6 +420,5 @@ def train(cfg: TrainConfig) -> dict:
 
     if state.bad_epochs >= cfg.patience:
         log(f"early stop: no better validation score for {cfg.patience} epochs")
-    teardown(d)
     log(f"best validation score {state.best_score:.1%} (epoch {state.best_epoch}), saved in {out}")
     return {"run_dir": str(out), "best_epoch": state.best_epoch, "valid_score": state.best_score}
