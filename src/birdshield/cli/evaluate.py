@@ -12,9 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ..defenses.specs import TRANSFORM_NAMES
 from . import options
 
-if TYPE_CHECKING:
-    import torch
-
+if TYPE_CHECKING:  # types only; `device` stays Any: no torch import in cli, even for types
     from ..training.distributed import Dist
 
 
@@ -143,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace, overrides: dict[str, Any], shard: Dist, device: torch.device) -> None:
+def _run(args: argparse.Namespace, overrides: dict[str, Any], shard: Dist, device: Any) -> None:
     from .. import models
     from ..defenses import Defended, make_defense
     from ..evaluation import prepare_out_dir
