@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import options
+
+if TYPE_CHECKING:  # types only; `device` stays Any: no torch import in cli, even for types
+    from ..training.distributed import Dist
 
 
 def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -61,19 +65,29 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import data, models
     from ..defenses.smoothing import check_params
-    from ..evaluation import certify_to_dir, prepare_out_dir
-    from ..reporting.markdown import certify_table
-    from ..runtime import preload, tune_cpu_allocator
+    from ..evaluation.sharding import process_group
 
     params = {"sigma": args.sigma, "n0": args.selection_samples, "n": args.samples, "alpha": args.alpha}
     with options.usage_errors():
         check_params(**params, batch_size=args.batch_size)
+    with process_group(args.device) as (shard, device):  # one process unless under torchrun
+        _run(args, params, shard, device)
+    return 0
+
+
+def _run(args: argparse.Namespace, params: dict[str, Any], shard: Dist, device: Any) -> None:
+    from .. import data, models
+    from ..evaluation import certify_to_dir, prepare_out_dir
+    from ..evaluation.sharding import main_first
+    from ..reporting.markdown import certify_table
+    from ..runtime import preload, tune_cpu_allocator
+
     prepare_out_dir(args.out)  # an unwritable --out fails now, not after the certification
     tune_cpu_allocator()
-    runtime = models.resolve_runtime(args.runtime, args.device)
-    model = models.load_for_inference(args.run_dir, args.device, runtime=runtime)
+    runtime = models.resolve_runtime(args.runtime, device)
+    # rank 0 first: it writes the run's ONNX export once, the others then read it
+    model = main_first(shard, lambda: models.load_for_inference(args.run_dir, device, runtime=runtime))
     samples = data.samples_for_model(data.discover(args.data), args.split, model.class_names)
     samples = data.stratified_subset(samples, args.n_images, args.seed)
     header = {"run": str(args.run_dir), "data": str(args.data), "split": args.split, "runtime": runtime}
@@ -87,10 +101,12 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         resume=args.resume,
         header=header,
+        shard=shard,
     )
+    if not shard.main:
+        return
     print(certify_table(result), end="")
     for im in result["images"]:
         if im.get("error"):
             print(f"  unreadable, left out: {im['image']}: {im['error']}", file=sys.stderr)
     print(f"-> {Path(args.out) / 'certify.json'}", file=sys.stderr)
-    return 0

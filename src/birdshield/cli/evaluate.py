@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..defenses.specs import TRANSFORM_NAMES
 from . import options
+
+if TYPE_CHECKING:  # types only; `device` stays Any: no torch import in cli, even for types
+    from ..training.distributed import Dist
 
 
 def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -129,22 +133,30 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..evaluation.sharding import process_group
+
+    overrides = config_overrides(args)  # every option is checked before the model is loaded
+    with process_group(args.device) as (shard, device):  # one process unless under torchrun
+        _run(args, overrides, shard, device)
+    return 0
+
+
+def _run(args: argparse.Namespace, overrides: dict[str, Any], shard: Dist, device: Any) -> None:
     from .. import models
     from ..defenses import Defended, make_defense
     from ..evaluation import prepare_out_dir
     from ..evaluation.config import PRESETS
     from ..runtime import tune_cpu_allocator
 
-    overrides = config_overrides(args)  # every option is checked before the model is loaded
     with options.usage_errors():
         transform = make_defense(args.defense, args.defense_param)
     prepare_out_dir(args.out)  # an unwritable --out fails now, not after the evaluation
     tune_cpu_allocator()  # 2-3x faster CPU forward/backward; must come before the big allocations
-    model = models.load_for_inference(args.run_dir, args.device)
+    model = models.load_for_inference(args.run_dir, device)
     if transform is not None:
         model = Defended(model, transform)
     if args.surrogate:
-        overrides["surrogate"] = models.load_for_inference(args.surrogate, args.device)
+        overrides["surrogate"] = models.load_for_inference(args.surrogate, device)
     cfg = dataclasses.replace(PRESETS[args.eval_preset], **overrides)
     evaluate_and_print(
         model,
@@ -155,22 +167,26 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         run_dir=args.run_dir,
         surrogate_dir=args.surrogate,
+        shard=shard,
     )
-    return 0
 
 
 def evaluate_and_print(model: Any, data_root: str, split: str, cfg: Any, out: str, **kwargs: Any) -> dict:
     """Evaluate `model` on a split of `data_root` into the report folder `out`, with a progress bar; print
-    the summary and where the report is (`evaluate` and `demo`)."""
+    the summary and where the report is (`evaluate` and `demo`). Under torchrun (``shard`` in kwargs) only
+    rank 0 shows the bar and prints."""
     from .. import data
     from ..evaluation import evaluate_to_dir
     from ..reporting.markdown import format_summary
     from ..runtime import preload, stage_progress
 
+    main = getattr(kwargs.get("shard"), "main", True)
     preload("matplotlib.figure", "scipy.stats")  # for the report, while the evaluation runs
     samples = data.samples_for_model(data.discover(data_root), split, model.class_names)
-    with stage_progress("evaluate") as on_progress:
+    with stage_progress("evaluate") if main else contextlib.nullcontext() as on_progress:
         report = evaluate_to_dir(model, samples, cfg, out, split=split, on_progress=on_progress, **kwargs)
+    if not main:
+        return report
     print(format_summary(report))
     for bad in report["bad_images"]:
         print(f"  unreadable, left out: {bad['path']}: {bad['error']}", file=sys.stderr)

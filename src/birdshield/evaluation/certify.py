@@ -16,6 +16,8 @@ from ..defenses.smoothing import ABSTAIN, Smoothed
 from ..reporting.markdown import DEFAULT_RADII
 from ..runtime import model_device, progress
 from ..stats import ci95
+from ..training.distributed import Dist
+from .sharding import SINGLE, barrier, gather, interleave, remove_state_dir, state_dir
 from .state import CertifyLog, model_fingerprint, prepare_out_dir, samples_digest
 
 
@@ -98,29 +100,38 @@ def certify_to_dir(
     batch_size: int = 100,
     resume: bool = False,
     header: Mapping[str, Any] | None = None,
+    shard: Dist = SINGLE,
 ) -> dict[str, Any]:
     """``certify_dataset`` into a report folder: certify.json, certify.md, certified_accuracy.png.
 
     The folder is created and test-written first. Each image's record is appended to
     ``OUT/certify.jsonl`` as it is certified; ``resume=True`` continues after the records there, and refuses
     (OutDirError) a log written with other parameters, model or samples. The log is removed once the report
-    is written. ``header`` (e.g. run, data, split) leads the result. Returns the result dict.
+    is written. ``header`` (e.g. run, data, split) leads the result. ``shard``: this process's rank under
+    torchrun; each rank certifies every world-th image (``sharding``), every rank returns the result of all,
+    rank 0 writes it. Returns the result dict.
     """
     smoothed = Smoothed(model, sigma, batch_size)
     out = prepare_out_dir(out_dir)
     params = {"n0": n0, "n": n, "alpha": alpha, "seed": seed}
+    mine = range(shard.rank, len(samples), shard.world)
     fingerprint = {
         "params": {"sigma": sigma, **params, "batch_size": batch_size},
         "model": model_fingerprint(model),
-        "samples": samples_digest(samples),
-    }
-    log = CertifyLog(out, fingerprint, resume)
-    images = _certify_images(smoothed, samples, params, log.records, on_record=log.append)
+        "samples": samples_digest([samples[i] for i in mine]),
+    } | ({"shard": [shard.rank, shard.world]} if shard.world > 1 else {})
+    state = state_dir(out, shard)
+    log = CertifyLog(state, fingerprint, resume)
+    images = _certify_images(smoothed, samples, params, log.records, log.append, mine, bar=shard.main)
+    images = interleave(gather(images, shard))
     result = {**(header or {}), **_summary(images, sigma=sigma, **params)}
-    from ..reporting.writers import write_certify_report  # matplotlib: loaded when the report is due
+    if shard.main:
+        from ..reporting.writers import write_certify_report  # matplotlib: loaded when the report is due
 
-    write_certify_report(result, out)
+        write_certify_report(result, out)
+    barrier(shard)  # the report is written before any rank's log goes
     log.remove()
+    remove_state_dir(state, shard)
     return result
 
 
@@ -130,13 +141,19 @@ def _certify_images(
     params: dict[str, Any],
     done: list[dict[str, Any]],
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    indices: Sequence[int] | None = None,
+    bar: bool = True,
 ) -> list[dict[str, Any]]:
-    """Records of every sample: ``done`` (those certified before), then the rest, each passed to
-    ``on_record`` as it is made."""
+    """Records of the samples at ``indices`` (default: all): ``done`` (those certified before), then the
+    rest, each passed to ``on_record`` as it is made. Image i's noise is seeded with seed + i, whichever
+    rank certifies it."""
     model, images = smoothed.model, list(done)
     device, names = model_device(model), list(model.class_names)
-    todo = range(len(images), len(samples))
-    for i in progress(todo, desc="certify", unit="img", initial=len(images), total=len(samples)):
+    indices = range(len(samples)) if indices is None else indices
+    todo = indices[len(images) :]
+    if bar:  # under torchrun rank 0's bar stands for all
+        todo = progress(todo, desc="certify", unit="img", initial=len(images), total=len(indices))
+    for i in todo:
         args = {**params, "seed": params["seed"] + i}
         record = _certify_one(smoothed, samples[i], model.image_size, device, args)
         record["label"] = names[record["label"]]

@@ -5,6 +5,8 @@ Images are processed a chunk (``batch_size`` images) at a time, so a test set ne
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -16,10 +18,22 @@ from torch import Tensor, nn
 from .. import data
 from ..attacks.base import inference_logits
 from ..runtime import model_device
+from ..training.distributed import Dist
 from .cascade import attack_plan, clean_pass, corruptions_pass, ensemble_at, pick_examples
 from .checks import model_flags
 from .config import N_EXAMPLES, EvalConfig, ProgressFn, config_dict
 from .report import build_report
+from .sharding import (
+    SINGLE,
+    barrier,
+    chunk_offset,
+    deal_chunks,
+    gather,
+    merge_examples,
+    merge_tallies,
+    remove_state_dir,
+    state_dir,
+)
 from .state import (
     Progress,
     clear_progress,
@@ -46,19 +60,31 @@ def evaluate(
     largest eps (for the report's examples.png). ``on_progress(stage, images_done, total)`` is called per
     attack and chunk. The model is used as given (mode untouched; ``load`` returns it in eval mode).
     """
-    return _evaluate(model, batches, cfg, Progress(examples=examples), on_progress, total)
+    p = Progress(examples=examples)
+    _measure(model, _numbered(batches), cfg, p, on_progress, total)
+    return _report(model, cfg, p)
 
 
-def _evaluate(
+Chunk = tuple[int, Tensor, Tensor]  # (index of the chunk's first image in the whole sample list, x, y)
+
+
+def _numbered(batches: Iterable[tuple[Tensor, Tensor]]) -> Iterator[Chunk]:
+    start = 0
+    for x, y in batches:
+        yield start, x, y
+        start += len(y)
+
+
+def _measure(
     model: nn.Module,
-    batches: Iterable[tuple[Tensor, Tensor]],
+    chunks: Iterable[Chunk],
     cfg: EvalConfig,
     p: Progress,
     on_progress: ProgressFn | None,
     total: int | None,
     after_chunk: Callable[[], None] | None = None,
-) -> dict[str, Any]:
-    """``evaluate`` continuing from ``p`` (updated in place; ``after_chunk`` runs after each chunk)."""
+) -> None:
+    """Measure the chunks into ``p`` (updated in place; ``after_chunk`` runs after each chunk)."""
     start, earlier, tally, device = time.perf_counter(), p.seconds, p.tally, model_device(model)
     n_classes = len(getattr(model, "class_names", None) or []) or None
     report_progress = on_progress or (lambda stage, done, tot: None)
@@ -66,13 +92,14 @@ def _evaluate(
     def stage(name: str) -> None:
         report_progress(name, tally.n, total)
 
-    for x, y in batches:
+    for at, x, y in chunks:
         x, y = x.to(device), y.to(device)
-        seed = cfg.seed + tally.n  # a different, reproducible noise draw per chunk
+        seed = cfg.seed + at  # per chunk, and the same whichever session or rank measures it
         clean_logits = inference_logits(model, x)
         if p.plan is None:  # first chunk: settle the plan and run the one-batch sanity checks
             p.plan, p.skipped = attack_plan(cfg, n_classes or int(clean_logits.shape[1]))
             tally.flags += model_flags(model, x, y, clean_logits)
+            p.checked_at = at
         correct = clean_pass(clean_logits, y, tally)
         stage("corruptions")
         corruptions_pass(model, x, y, cfg, tally, seed)
@@ -82,32 +109,62 @@ def _evaluate(
             )
             if p.examples is not None and eps == max(cfg.eps):
                 k = N_EXAMPLES - len(p.examples)
-                p.examples += pick_examples(model, x, y, worst, correct, eps, k, (clean_logits, worst_logits))
+                picked = pick_examples(model, x, y, worst, correct, eps, k, (clean_logits, worst_logits))
+                p.examples += [ex | {"at": at} for ex in picked]  # `at`: merged in order under torchrun
         tally.n += len(y)
         p.seconds = earlier + time.perf_counter() - start
         if after_chunk is not None:
             after_chunk()
         report_progress("done", tally.n, total)
-    if tally.n == 0:
+
+
+def _report(model: nn.Module, cfg: EvalConfig, p: Progress) -> dict[str, Any]:
+    if p.tally.n == 0:
         raise data.DataError("no images to evaluate (every file unreadable, or an empty split)")
-    seconds = earlier + time.perf_counter() - start
-    return build_report(tally, cfg, model, p.plan or [], p.skipped, seconds)
+    return build_report(p.tally, cfg, model, p.plan or [], p.skipped, p.seconds)
+
+
+def _merged(p: Progress, chosen: Sequence[data.Sample], d: Dist) -> Progress:
+    """Every rank's progress summed into one, as one process would have gathered it (``sharding``)."""
+    if d.world == 1:
+        return p
+    ranks = gather(dataclasses.replace(p, examples=p.examples or []), d)
+    checked = min((r for r in ranks if r.plan is not None), key=lambda r: r.checked_at, default=p)
+    tally = merge_tallies([r.tally for r in ranks])
+    tally.flags = checked.tally.flags  # the checks of the first chunk of all, as in one process
+    order = {str(s.path): i for i, s in enumerate(chosen)}
+    return Progress(
+        tally=tally,
+        plan=checked.plan,
+        skipped=checked.skipped,
+        examples=None if p.examples is None else merge_examples([r.examples for r in ranks]),
+        bad_images=sorted((b for r in ranks for b in r.bad_images), key=lambda b: order[b["path"]]),
+        samples_done=sum(r.samples_done for r in ranks),
+        checked_at=checked.checked_at,
+        seconds=max(r.seconds for r in ranks),
+    )
 
 
 # ------------------------------------------------------------------------------------------------ samples
 
 
 def _sample_chunks(
-    samples: Sequence[data.Sample], size: int, batch_size: int, p: Progress
-) -> Iterator[tuple[Tensor, Tensor]]:
+    samples: Sequence[data.Sample],
+    size: int,
+    batch_size: int,
+    p: Progress,
+    position: Callable[[int], int] = lambda i: i,
+) -> Iterator[Chunk]:
     """Chunks of the samples not read yet (from ``p.samples_done``); the same chunks whether a run goes
-    through at once or resumes. Unreadable files go to ``p.bad_images``."""
+    through at once or resumes. Unreadable files go to ``p.bad_images``. ``position`` maps an index into
+    ``samples`` to one into the whole sample list (``samples`` is a rank's shard under torchrun)."""
     rest = samples[p.samples_done :]
     for good, x, unreadable in data.read_batches([s.path for s in rest], size, batch_size):
         p.bad_images += [{"path": str(path), "error": reason} for path, reason in unreadable]
+        at = position(p.samples_done)
         p.samples_done += len(good) + len(unreadable)
         if x is not None:
-            yield x, torch.tensor([rest[i].label for i in good])
+            yield at, x, torch.tensor([rest[i].label for i in good])
 
 
 def evaluate_samples(
@@ -121,7 +178,8 @@ def evaluate_samples(
     input size; ``cfg.n`` picks a seeded stratified subset. Unreadable files are listed in bad_images."""
     chosen, p = data.stratified_subset(samples, cfg.n, cfg.seed), Progress(examples=examples)
     chunks = _sample_chunks(chosen, model.image_size, cfg.batch_size, p)
-    report = _evaluate(model, chunks, cfg, p, on_progress, total=len(chosen))
+    _measure(model, chunks, cfg, p, on_progress, len(chosen))
+    report = _report(model, cfg, p)
     report["bad_images"] = p.bad_images
     return report
 
@@ -138,6 +196,7 @@ def evaluate_to_dir(
     run_dir: str | Path | None = None,
     split: str | None = None,
     surrogate_dir: str | Path | None = None,
+    shard: Dist = SINGLE,
 ) -> dict[str, Any]:
     """``evaluate_samples`` into a report folder: report.json, report.md and plots (``reporting``).
 
@@ -145,38 +204,40 @@ def evaluate_to_dir(
     (``evaluation.state``); ``resume=True`` continues from it, and refuses (OutDirError) progress saved
     with another config, model or sample list. The state files are removed once the report is written.
     ``run_dir``, ``split`` and ``surrogate_dir`` name the model, split and surrogate in the report.
-    Returns the report dict.
+    ``shard``: this process's rank under torchrun; each rank measures its chunks (``sharding``), every
+    rank returns the report of all, rank 0 writes it. Returns the report dict.
     """
     out = prepare_out_dir(out_dir)
     chosen = data.stratified_subset(samples, cfg.n, cfg.seed)
+    mine = [chosen[i] for i in deal_chunks(len(chosen), cfg.batch_size, shard)]
     fingerprint = {
         "config": config_dict(cfg),
         "model": model_fingerprint(model),
         "surrogate": None if cfg.surrogate is None else model_fingerprint(cfg.surrogate),
-        "samples": samples_digest(chosen),
+        "samples": samples_digest(mine),
         "examples": examples,
-    }
-    p = load_progress(out, fingerprint) if resume else None
+    } | ({"shard": [shard.rank, shard.world]} if shard.world > 1 else {})
+    state = state_dir(out, shard)
+    p = load_progress(state, fingerprint) if resume else None
     if p is None:
-        clear_progress(out)
+        clear_progress(state)
         p = Progress(examples=[] if examples else None)
-    chunks = _sample_chunks(chosen, model.image_size, cfg.batch_size, p)
-    report = _evaluate(
-        model,
-        chunks,
-        cfg,
-        p,
-        on_progress,
-        len(chosen),
-        after_chunk=lambda: save_progress(out, fingerprint, p),
-    )
+    position = chunk_offset(cfg.batch_size, shard)
+    chunks = _sample_chunks(mine, model.image_size, cfg.batch_size, p, position)
+    save = functools.partial(save_progress, state, fingerprint, p)
+    _measure(model, chunks, cfg, p, on_progress, len(mine), after_chunk=save)
+    p = _merged(p, chosen, shard)
+    report = _report(model, cfg, p)
     report["bad_images"] = p.bad_images
     report["model"]["run_dir"] = None if run_dir is None else str(run_dir)
     report["split"] = split
     if surrogate_dir is not None:
         report["config"]["surrogate"] = str(surrogate_dir)
-    from ..reporting.writers import write_evaluate_report  # matplotlib: loaded when the report is due
+    if shard.main:
+        from ..reporting.writers import write_evaluate_report  # matplotlib: loaded when the report is due
 
-    write_evaluate_report(report, out, p.examples)
-    clear_progress(out)
+        write_evaluate_report(report, out, p.examples)
+    barrier(shard)  # the report is written before any rank's progress goes
+    clear_progress(state)
+    remove_state_dir(state, shard)
     return report

@@ -7,8 +7,9 @@ the log, a line cut short by a kill is dropped on reading); nothing is pickled. 
 fingerprint of what is measured (the config, the model's weights, the chosen samples), and resuming with a
 different one is refused. The state files are removed once the report is written.
 
-Per-chunk seeds depend only on the images done (and certify's per-image seeds on the image's index), so a
-resumed run gives the numbers of an uninterrupted one.
+Per-chunk seeds depend only on the chunk's first sample index (and certify's per-image seeds on the image's
+index), so a resumed run gives the numbers of an uninterrupted one. Under torchrun each rank keeps its own
+progress (``sharding.state_dir``).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 def prepare_out_dir(path: str | Path) -> Path:
     """Create the report folder and prove it writable (before hours of computing, not after)."""
     out = Path(path)
-    probe = out / ".birdshield-write-test"
+    probe = out / f".birdshield-write-test-{os.getpid()}"  # per process: torchrun's ranks probe at once
     try:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(probe, b"")
@@ -109,6 +110,7 @@ class Progress:
     examples: list[dict[str, Any]] | None = None
     bad_images: list[dict[str, str]] = field(default_factory=list)
     samples_done: int = 0  # samples read so far, readable or not
+    checked_at: int = 0  # first sample index of the chunk the one-chunk model checks (flags) ran on
     seconds: float = 0.0
 
 
@@ -153,7 +155,7 @@ def save_progress(out: Path, fingerprint: dict[str, Any], p: Progress) -> None:
     tensors = {f"{key}.{i}": ex[key].contiguous() for i, ex in enumerate(examples) for key in ("x", "x_adv")}
     if tensors:
         atomic_write_bytes(out / EXAMPLES_FILE, safetensors.torch.save(tensors))
-    labels = [{k: ex[k] for k in ("label", "clean", "adv", "eps")} for ex in examples]
+    labels = [{k: ex[k] for k in ("label", "clean", "adv", "eps", "at") if k in ex} for ex in examples]
     state = {
         "format": _FORMAT,
         "fingerprint": fingerprint,
@@ -163,6 +165,7 @@ def save_progress(out: Path, fingerprint: dict[str, Any], p: Progress) -> None:
         "examples": None if p.examples is None else labels,
         "bad_images": p.bad_images,
         "samples_done": p.samples_done,
+        "checked_at": p.checked_at,
         "seconds": p.seconds,
     }
     atomic_write_json(out / STATE_FILE, state)
@@ -192,6 +195,7 @@ def load_progress(out: Path, fingerprint: dict[str, Any]) -> Progress | None:
         examples=examples,
         bad_images=state["bad_images"],
         samples_done=state["samples_done"],
+        checked_at=state.get("checked_at", 0),
         seconds=state["seconds"],
     )
 
