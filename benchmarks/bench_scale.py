@@ -156,50 +156,18 @@ def measure(args: argparse.Namespace, tree: Path, out: Path) -> dict[str, dict]:
     n_all, n_train = count(tree), count(tree, "train")
     n_fit = n_train + count(tree, "valid")
     run = out / "fast-run"
-    plan = {
-        "check": ([*cli, "data", "check", str(tree)], n_all),
-        "train": (
-            [
-                *cli,
-                "train",
-                str(tree),
-                "--out",
-                str(out / "run"),
-                "--epochs",
-                "1",
-                "--fast-cpu",
-                "off",
-                "--feature-cache",
-                str(out / "cache-train"),
-                *dev,
-            ],
-            n_fit,
-        ),  # fmt: skip
-        "fast": (
-            [
-                *cli,
-                "train",
-                str(tree),
-                "--out",
-                str(run),
-                "--fast-cpu",
-                "on",
-                "--feature-cache",
-                str(out / "cache-fast"),
-                *dev,
-            ],
-            n_fit,
-        ),  # fmt: skip
-    }
-    for w in args.workers:
-        plan[f"predict-w{w}"] = (
-            [*cli, "predict", str(run), str(tree / "train"), "--out", str(out / "p.csv"), "--workers", str(w),
-             *dev], n_train,
-        )  # fmt: skip
-    plan["evaluate"] = (
-        [*cli, "evaluate", str(run), str(tree), "--quick", "--n-images", "50", "--out", str(out / "e"), *dev],
-        50,
-    )
+    variants = [(f"-w{w}", ["--workers", str(w)]) for w in args.workers or []] or [("", [])]
+    train = [*cli, "train", str(tree), *dev, "--feature-cache"]
+    plan = {"check": ([*cli, "data", "check", str(tree)], n_all)}
+    for tag, workers in variants:
+        cmd = [*train, str(out / f"cache{tag}"), "--out", str(out / "run"), "--fast-cpu", "off"]
+        plan[f"train{tag}"] = ([*cmd, "--epochs", "1", *workers], n_fit)
+    plan["fast"] = ([*train, str(out / "cache-fast"), "--out", str(run), "--fast-cpu", "on"], n_fit)
+    for tag, workers in variants:
+        cmd = [*cli, "predict", str(run), str(tree / "train"), "--out", str(out / "p.csv"), *dev]
+        plan[f"predict{tag}"] = ([*cmd, *workers], n_train)
+    cmd = [*cli, "evaluate", str(run), str(tree), "--quick", "--n-images", "50", *dev]
+    plan["evaluate"] = ([*cmd, "--out", str(out / "e")], 50)
     steps = set(args.steps.split(","))
     results = {}
     for name, (cmd, images) in plan.items():

@@ -66,7 +66,7 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..defenses.smoothing import check_params
-    from ..evaluation.sharding import process_group
+    from ..training.distributed import process_group
 
     params = {"sigma": args.sigma, "n0": args.selection_samples, "n": args.samples, "alpha": args.alpha}
     with options.usage_errors():

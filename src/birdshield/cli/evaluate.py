@@ -133,7 +133,7 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation.sharding import process_group
+    from ..training.distributed import process_group
 
     overrides = config_overrides(args)  # every option is checked before the model is loaded
     with process_group(args.device) as (shard, device):  # one process unless under torchrun

@@ -16,35 +16,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import torch
 import torch.distributed as dist
 
-from ..training.distributed import Dist, setup, teardown
+from ..training.distributed import Dist
 from .cascade import AttackTally, Tally
 from .config import N_EXAMPLES
 from .state import prepare_out_dir
 
 T = TypeVar("T")
 SINGLE = Dist()
-
-
-@contextmanager
-def process_group(device_name: str) -> Iterator[tuple[Dist, torch.device]]:
-    """Join torchrun's process group for the block (a single process without one). After an error the group
-    is left without a barrier: the other ranks may never reach it (torchrun stops them)."""
-    d, device = setup(device_name)
-    try:
-        yield d, device
-    except BaseException:
-        if d.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
-        raise
-    teardown(d)
 
 
 def gather(obj: T, d: Dist) -> list[T]:
