@@ -34,7 +34,6 @@ from .config import TrainConfig
 log = logging.getLogger(__name__)
 FORMAT = 1
 CACHE_ENV = "BIRDSHIELD_CACHE"  # where caches live (default ~/.cache/birdshield)
-VIEWS = ("plain", "flip")
 
 
 def cache_root(setting: str = "") -> Path | None:
@@ -157,11 +156,7 @@ def feature_fn(model: Classifier, device: torch.device, cfg: TrainConfig) -> Cal
     return torch_features
 
 
-def _flip(x: Tensor) -> Tensor:
-    return x.flip(-1)
-
-
-VIEW_FNS = {"plain": lambda x: x, "flip": _flip}
+VIEW_FNS = {"plain": lambda x: x, "flip": lambda x: x.flip(-1)}  # the views a cache can hold
 
 
 @contextmanager
