@@ -34,11 +34,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _plain import plain_model, timed
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BIRDSHIELD_SHARED", REPO.parent / "shared"))
@@ -50,23 +51,11 @@ def plain_certify(args: argparse.Namespace, run_dir: Path, list_file: Path, out:
     import math
 
     import numpy as np
-    import safetensors.torch
-    import timm
     import torch
     from PIL import Image
     from scipy.stats import beta, norm
-    from torchvision import transforms
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    meta = json.loads((run_dir / "birdshield.json").read_text())
-    names, size = meta["class_names"], meta["image_size"]
-    net = timm.create_model(meta["arch"], pretrained=False, num_classes=len(names))
-    net.load_state_dict(safetensors.torch.load_file(str(run_dir / "model.safetensors")))
-    model = torch.nn.Sequential(transforms.Normalize(meta["mean"], meta["std"]), net).eval()
-    preprocess = transforms.Compose(
-        [transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor()]
-    )
+    model, preprocess, names = plain_model(run_dir, args.threads)
     torch.manual_seed(args.seed)
 
     def sample_noise(x: torch.Tensor, num: int) -> np.ndarray:
@@ -94,15 +83,6 @@ def plain_certify(args: argparse.Namespace, run_dir: Path, list_file: Path, out:
             {"image": path, "prediction": prediction, "correct": prediction == label, "radius": radius}
         )
     out.write_text(json.dumps({"images": records}))
-
-
-def _timed(cmd: list[str], env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        sys.exit(f"failed ({done.returncode}): {' '.join(cmd[:8])} ...\n{done.stderr[-3000:]}")
-    return seconds
 
 
 def _samples(args: argparse.Namespace, run_dir: Path) -> list[tuple[str, str]]:
@@ -189,7 +169,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     best: dict[str, float] = {}
     for _ in range(args.repeats):
         for name, (cmd, side_env) in sides.items():
-            seconds = _timed(cmd, side_env)
+            seconds, _ = timed(cmd, side_env)
             best[name] = min(best.get(name, seconds), seconds)
     records = {
         "a": json.loads((tmp / "a.json").read_text())["images"],

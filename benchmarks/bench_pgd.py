@@ -52,6 +52,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _plain import plain_model, timed
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BIRDSHIELD_SHARED", REPO.parent / "shared"))
 
@@ -147,23 +149,11 @@ def worker(args: argparse.Namespace) -> None:
 
 def plain_script(args: argparse.Namespace, run_dir: Path, list_file: Path) -> None:
     """The whole-process `theirs`: what a user writes with timm, torchvision and torchattacks."""
-    import safetensors.torch
-    import timm
     import torch
     import torchattacks
     from PIL import Image
-    from torchvision import transforms
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    meta = json.loads((run_dir / "birdshield.json").read_text())
-    names, size = meta["class_names"], meta["image_size"]
-    net = timm.create_model(meta["arch"], pretrained=False, num_classes=len(names))
-    net.load_state_dict(safetensors.torch.load_file(str(run_dir / "model.safetensors")))
-    model = torch.nn.Sequential(transforms.Normalize(meta["mean"], meta["std"]), net).eval()
-    preprocess = transforms.Compose(
-        [transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor()]
-    )
+    model, preprocess, names = plain_model(run_dir, args.threads)
     items = [line.split("\t") for line in list_file.read_text().splitlines()]
     torch.manual_seed(args.seed)
     atk = torchattacks.PGD(
@@ -178,15 +168,6 @@ def plain_script(args: argparse.Namespace, run_dir: Path, list_file: Path) -> No
         with torch.no_grad():
             correct += int((model(adv).argmax(1) == y).sum())
     print(json.dumps({"robust_accuracy": correct / len(items), "n": len(items)}))
-
-
-def _timed_json(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
-    start = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        sys.exit(f"failed ({done.returncode}): {shlex.join(cmd[:8])} ...\n{done.stderr[-3000:]}")
-    return seconds, done.stdout
 
 
 def whole_process(args: argparse.Namespace, tmp: Path) -> None:
@@ -221,9 +202,9 @@ def whole_process(args: argparse.Namespace, tmp: Path) -> None:
     ]  # fmt: skip
     best: dict[str, float] = {}
     for _ in range(args.repeats):
-        t_theirs, stdout = _timed_json(theirs, env)
+        t_theirs, stdout = timed(theirs, env)
         acc_theirs = json.loads(stdout.strip().splitlines()[-1])["robust_accuracy"]
-        t_ours, _ = _timed_json(ours, env)
+        t_ours, _ = timed(ours, env)
         best = {
             "theirs": min(best.get("theirs", t_theirs), t_theirs),
             "ours": min(best.get("ours", t_ours), t_ours),

@@ -27,11 +27,12 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _plain import timed
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BIRDSHIELD_SHARED", REPO.parent / "shared"))
@@ -77,15 +78,6 @@ def plain_loop(run_dir: Path, list_file: Path, out: Path, threads: int) -> None:
 def _species(csv_path: Path) -> dict[str, str]:
     with open(csv_path, newline="") as f:
         return {row["image"]: row["species"] for row in csv.DictReader(f)}
-
-
-def _timed(cmd: list[str], env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        sys.exit(f"failed ({done.returncode}): {' '.join(cmd[:6])} ...\n{done.stderr[-3000:]}")
-    return seconds
 
 
 def _make_run(data: Path, run_dir: Path) -> None:
@@ -145,7 +137,7 @@ def run(args: argparse.Namespace, photos: list[Path], tmp: Path) -> None:
     best: dict[str, float] = {}
     for _ in range(args.repeats):
         for name, (cmd, side_env) in sides.items():
-            seconds = _timed([*cmd, str(tmp / f"{name[1]}.csv")], side_env)
+            seconds, _ = timed([*cmd, str(tmp / f"{name[1]}.csv")], side_env)
             best[name] = min(best.get(name, seconds), seconds)
 
     print(f"photos: {len(photos)} from {args.data} (all splits); threads: {args.threads or 'default'}")
