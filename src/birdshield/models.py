@@ -309,8 +309,8 @@ def prepare_for_inference(model: Classifier, device: str | torch.device = "auto"
 
 
 def resolve_runtime(runtime: str, device: str | torch.device = "auto") -> str:
-    """"auto" -> "onnx" on CPU (onnxruntime's forward measured about 2x torch eager's for the noise batches
-    of certify), "torch" on a GPU; "torch" and "onnx" as given."""
+    """Runtime "auto" -> "onnx" on CPU (onnxruntime's forward measured about 2x torch eager's for the
+    noise batches of certify), "torch" on a GPU; "torch" and "onnx" as given."""
     from .runtime import pick_device
 
     if runtime not in ("auto", "torch", "onnx"):

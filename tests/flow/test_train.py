@@ -92,7 +92,8 @@ def test_early_stopping_stops_after_patience(tiny_data: Path, tmp_path: Path):
 def test_run_killed_mid_epoch_resumes(tiny_data: Path, tmp_path: Path):
     """SIGKILL early in epoch 3 (epoch 2 is printed after its files are written).
 
-    --resume continues from the last finished epoch and ends exactly like an uninterrupted run.
+    --resume continues from the last finished epoch and ends exactly like an uninterrupted run, weight
+    average (which is what is validated) included.
     """
     cmd = [
         *CLI,
@@ -109,6 +110,8 @@ def test_run_killed_mid_epoch_resumes(tiny_data: Path, tmp_path: Path):
         "1",
         "--depth",
         "full",
+        "--ema-decay",
+        "0.9",
     ]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = ""
@@ -131,7 +134,8 @@ def test_run_killed_mid_epoch_resumes(tiny_data: Path, tmp_path: Path):
     straight = tmp_path / "straight"
     cmd[cmd.index(str(tmp_path))] = str(straight)
     assert subprocess.run(cmd, env=ENV, capture_output=True, timeout=300).returncode == 0
-    assert [r["train_loss"] for r in _history(straight)] == [r["train_loss"] for r in resumed]
+    for column in ("train_loss", "valid_loss"):
+        assert [r[column] for r in _history(straight)] == [r[column] for r in resumed]
 
 
 @pytest.fixture

@@ -79,6 +79,13 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument(
         "--label-smoothing", type=float, default=d.label_smoothing, help="cross-entropy label smoothing"
     )
+    g.add_argument(
+        "--ema-decay",
+        type=float,
+        default=d.ema_decay,
+        help="validate and keep an exponential moving average of the weights with this decay per step "
+        "(e.g. 0.99; curbs robust overfitting); 0 keeps the raw weights",
+    )
     g = p.add_argument_group(
         "augmentation (the original project's recipe: --noise-max 0.1 --rotate 20 --shift 0.1 --shear 10 "
         "--zoom 0.1)"

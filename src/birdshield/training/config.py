@@ -95,6 +95,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
+    ema_decay: float = 0.0  # validate and keep a moving average of the weights (0: the raw weights)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     adv: AdvConfig = field(default_factory=AdvConfig)
     seed: int = 0

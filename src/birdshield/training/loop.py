@@ -29,6 +29,7 @@ from ..reporting.tables import csv_text
 from ..runtime import atomic_write_bytes, progress, tune_cpu_allocator
 from ..stats import ci95_of
 from .augment import augment
+from .average import WeightAverage
 from .batches import autocast, make_loader, to_device
 from .config import TrainConfig
 from .distributed import Dist, all_reduce, process_group
@@ -202,9 +203,11 @@ def _checkpoint_meta(cfg: TrainConfig, dataset: data.Dataset) -> dict:
     }
 
 
-def _resume(path: Path, model: Classifier, opt: torch.optim.Optimizer) -> TrainState:
+def _resume(
+    path: Path, model: Classifier, opt: torch.optim.Optimizer, average: WeightAverage | None
+) -> TrainState:
     try:
-        return TrainState(**load_resume(path, model, opt))
+        return TrainState(**load_resume(path, model, opt, average))
     except (RuntimeError, ValueError, KeyError) as e:  # another model, class set or optimiser
         raise CheckpointError(
             f"{path}: cannot resume it with these options ({str(e)[:200]}); "
@@ -257,10 +260,12 @@ def train_one_epoch(
     epochs: int,
     device: torch.device,
     d: Dist,
+    average: WeightAverage | None = None,
 ) -> dict:
     """One pass over this rank's share of the training split (epochs count from 1 of `epochs`).
 
-    `net` is what is optimised (the DDP wrapper when distributed); `model` crafts adversarial examples.
+    `net` is what is optimised (the DDP wrapper when distributed); `model` crafts adversarial examples;
+    `average`, when given, follows `model`'s weights after every step.
     Returns the mean training loss and accuracy over all ranks.
     """
     steps_per_epoch = math.ceil(len(train_ds) / d.world / cfg.batch_size)
@@ -287,6 +292,8 @@ def train_one_epoch(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if average is not None:
+            average.update(model, (epoch - 1) * steps_per_epoch + i)
         loss_sum += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         n += len(y)
@@ -387,8 +394,11 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> dict:
     epochs = 0 if cfg.depth == "probe" and cached_probe else cfg.epochs
     # A probed head is already good: fine-tune it at the backbone's gentle rate, or it drags the features.
     opt = make_optimizer(model, cfg, head_lr=cfg.backbone_lr if cached_probe else cfg.lr)
+    # With weight averaging the average is what is validated and kept; it starts from the probed head.
+    average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 and epochs else None
+    kept = average.model if average else model
     if resuming:
-        state = _resume(resume_path, model, opt)
+        state = _resume(resume_path, model, opt, average)
         log(f"resumed from {resume_path} after epoch {state.epoch}")
     elif cfg.resume:
         log(f"--resume: no {resume_path} yet, starting from scratch")
@@ -399,8 +409,8 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> dict:
         if state.bad_epochs >= cfg.patience:
             break
         t0 = time.time()
-        trained = train_one_epoch(net, model, opt, train_ds, cfg, epoch, epochs, device, d)
-        valid = validate(model, valid_ds, cfg, device, d)
+        trained = train_one_epoch(net, model, opt, train_ds, cfg, epoch, epochs, device, d, average)
+        valid = validate(kept, valid_ds, cfg, device, d)
         row = _history_row(epoch, opt, trained, valid)
         if overfit_batch is not None:
             # averaged over ranks (their batch norm statistics differ): all must agree on stopping
@@ -411,10 +421,10 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> dict:
         if catastrophic_overfitting(state.history):  # checked first: an overfitted epoch is never the best
             log("catastrophic overfitting: PGD accuracy on training images collapsed (Wong et al. 2020)")
             break
-        improved = keep_if_best(state, valid, epoch, model, out, meta, d.main)
+        improved = keep_if_best(state, valid, epoch, kept, out, meta, d.main)
         state.epoch = epoch
         if d.main:
-            save_resume(resume_path, model, opt, asdict(state))
+            save_resume(resume_path, model, opt, asdict(state), average)
             _write_history(out, state.history)
         log(_epoch_line(row, epochs, improved))
 

@@ -12,12 +12,25 @@ import torch
 
 from ..models import Classifier
 from ..runtime import atomic_write_bytes
+from .average import WeightAverage
 
 RESUME_FILE = "resume.safetensors"
 
 
-def save_resume(path: Path, model: Classifier, opt: torch.optim.Optimizer, state: dict) -> None:
-    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.backbone.state_dict().items()}
+def _prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v.detach().contiguous().cpu() for k, v in tensors.items()}
+
+
+def save_resume(
+    path: Path,
+    model: Classifier,
+    opt: torch.optim.Optimizer,
+    state: dict,
+    average: WeightAverage | None = None,
+) -> None:
+    tensors = _prefixed("model", model.backbone.state_dict())
+    if average is not None:
+        tensors.update(_prefixed("average", average.state_dict()))
     opt_state = opt.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for idx, entry in opt_state["state"].items():
@@ -30,14 +43,19 @@ def save_resume(path: Path, model: Classifier, opt: torch.optim.Optimizer, state
     atomic_write_bytes(path, safetensors.torch.save(tensors, metadata={"state": json.dumps(state)}))
 
 
-def load_resume(path: Path, model: Classifier, opt: torch.optim.Optimizer) -> dict:
-    """Load the weights and optimiser state into `model` and `opt`; return the run's state (epoch, ...)."""
+def load_resume(
+    path: Path, model: Classifier, opt: torch.optim.Optimizer, average: WeightAverage | None = None
+) -> dict:
+    """Load the weights, optimiser state and weight average into `model`, `opt` and `average`; return
+    the run's state (epoch, ...)."""
     with safetensors.safe_open(str(path), framework="pt") as f:
         state = json.loads(f.metadata()["state"])
     tensors = safetensors.torch.load_file(str(path))
     model.backbone.load_state_dict(
         {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True
     )
+    if average is not None:
+        average.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("average.")})
     per_param: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
