@@ -281,12 +281,29 @@ def _miscounted_report(setup, monkeypatch) -> dict:
     return {"flags": final_flags(tally, cfg, ["fgsm"])}
 
 
+class Offset(nn.Module):
+    """`net` with one logit raised: a forward-only twin that does not compute what the model computes."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x) + torch.tensor([5.0, 0, 0, 0, 0])
+
+
+def _forward_model_differs_report(setup, monkeypatch) -> dict:
+    net, x, y = setup
+    return _run(net, x, y, eps=(0.0,), attacks=(), corruptions=(), noise_std=(), forward_model=Offset(net))
+
+
 CRAFTED = {
     "no input gradient": _no_gradient_report,
     "non-finite gradients": _nan_gradient_report,
     "robust accuracy rises with eps": _erratic_attack_report,
     "perturbation outside the eps-ball": _overshooting_attack_report,
     "robust above clean": _miscounted_report,
+    "forward model differs": _forward_model_differs_report,
 }
 TESTED_ABOVE = {"stochastic model", "zero gradients", "possible gradient masking"}
 
@@ -354,6 +371,36 @@ def test_evaluate_cli(tiny_run: Path, tiny_data: Path, tmp_path: Path, capsys: p
     printed = capsys.readouterr().out
     assert "clean accuracy" in printed and "sanity flags" in printed and "report.md" in printed
     assert main(["evaluate", str(tiny_run), str(tiny_data), "--out", str(out), "--attacks", "nope"]) == 2
+
+
+def test_a_faithful_forward_model_changes_no_number(setup: tuple[nn.Module, Tensor, Tensor]) -> None:
+    """The forward-only twin takes the clean pass, corruptions and Square's queries: a copy of the model
+    there gives the report of the model alone, with no flag."""
+    net, x, y = setup
+    calls = []
+    twin = Offset(net)
+    twin.forward = lambda images: calls.append(len(images)) or net(images)
+    changes = {"attacks": ("fgsm", "square"), "noise_std": (0.1,), "square_queries": 30}
+    alone, twinned = _run(net, x, y, **changes), _run(net, x, y, **changes, forward_model=twin)
+    assert len(calls) > 2 * 4  # 4 chunks: clean + noise each, and Square's queries
+    assert twinned["config"].pop("forward_model") == "Offset"
+    alone["config"].pop("forward_model")
+    assert _numbers(twinned) == _numbers(alone) and twinned["flags"] == []
+
+
+def test_evaluate_cli_onnx_runtime_gives_the_torch_numbers(
+    tiny_run: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    argv = ["evaluate", str(tiny_run), str(tiny_data), "--attacks", "pgd,square", "--eps", "2/255"]
+    argv += ["--steps", "3", "--square-queries", "20", "--corruptions", "gaussian_noise", "--severities", "1"]
+    reports = {}
+    for runtime in ("torch", "onnx"):
+        assert main([*argv, "--out", str(tmp_path / runtime), "--runtime", runtime]) == 0
+        reports[runtime] = json.loads((tmp_path / runtime / "report.json").read_text())
+    assert reports["onnx"]["config"].pop("forward_model") == "OnnxClassifier"
+    assert reports["torch"]["config"].pop("forward_model") is None
+    assert _numbers(reports["onnx"]) == _numbers(reports["torch"])
+    assert reports["onnx"]["flags"] == []
 
 
 def _png_inputs(tiny_data: Path, tmp_path: Path) -> Path:

@@ -5,8 +5,8 @@ The corpus is made by the test (a few MB on disk): bombs by aspect ratio (10 x 1
 (100,000,000 x 1) and pixel count (11,000 x 11,000, and 20,000 x 20,000 past Pillow's own limit), a
 truncated, a corrupt, an empty and a text file, and usable but awkward images: 16-bit greyscale at 100 MP,
 an animated GIF, CMYK. File and class names start with = + - @, hold '..', unicode and case variants.
-The commands run one after another in one fresh process (one torch import for all), started by a small
-wrapper, and their peak resident memory is measured with getrusage (see DRIVER).
+Each command runs in its own process, started by a small wrapper that measures its peak resident memory
+(see WRAPPER).
 """
 
 from __future__ import annotations
@@ -48,12 +48,23 @@ HOSTILE_CLASS = CLASSES[0]  # the hostile files sit in this class folder of the 
 # getrusage. Linux carries the parent's peak over into a child's ru_maxrss when the child is started by a
 # process as big as pytest (exec records the old address space's high-water mark), so each command is
 # started by WRAPPER, a small fresh interpreter, which reports its child's peak (RUSAGE_CHILDREN).
-WRAPPER = (
-    "import resource, subprocess, sys\n"
-    "rc = subprocess.call(sys.argv[1:])\n"
-    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)\n"
-    "sys.exit(rc)\n"
-)
+# It also polls the child's anonymous and file-backed resident memory (shown with -s), to tell the process's
+# own memory from the shared libraries' pages it maps.
+WRAPPER = """
+import json, resource, subprocess, sys, time
+proc, peaks = subprocess.Popen(sys.argv[1:]), {}
+while proc.poll() is None:
+    try:
+        with open(f"/proc/{proc.pid}/status") as f:
+            for key, _, value in (line.partition(":") for line in f):
+                if key in ("RssAnon", "RssFile"):
+                    peaks[key] = max(peaks.get(key, 0), int(value.split()[0]) * 1024)
+    except (OSError, ValueError):
+        pass
+    time.sleep(0.01)
+print(json.dumps({"peak": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, **peaks}))
+sys.exit(proc.returncode)
+"""
 
 
 # ------------------------------------------------------------------------------------------ the corpus
@@ -154,12 +165,10 @@ def ran(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, d
     for name, argv in _commands(corpus, out).items():  # each command its own process, as a user runs it
         cli = [sys.executable, "-m", "birdshield.cli", "--threads", "1", *argv]
         proc = subprocess.run([sys.executable, "-c", WRAPPER, *cli], env=env, capture_output=True, text=True)
-        parts[name] = {
-            "rc": proc.returncode,
-            "peak": int(proc.stdout.splitlines()[-1]),
-            "stderr": proc.stderr,
-        }
-    print({name: f"{r['peak'] / 1024**3:.2f} GB" for name, r in parts.items()})  # shown with -s
+        peaks = json.loads(proc.stdout.splitlines()[-1])
+        parts[name] = {"rc": proc.returncode, "stderr": proc.stderr, **peaks}
+    for name, r in parts.items():  # shown with -s
+        print(name, ", ".join(f"{k} {r.get(k, 0) / 1024**3:.2f} GB" for k in ("peak", "RssAnon", "RssFile")))
     return out, parts
 
 

@@ -50,14 +50,10 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     options.add_batch_size(p, 100, "noisy copies per forward pass")
     p.add_argument("--seed", type=int, default=0, help="seeds the subset and the noise")
     options.add_device(p)
-    p.add_argument(
-        "--runtime",
-        choices=["auto", "torch", "onnx"],
-        default="auto",
-        help="what runs the forward passes: 'onnx' is onnxruntime on RUN_DIR/model.onnx (exported on first "
-        "use, again when the weights change), about twice as fast as torch on a CPU; 'auto' (default): "
-        "onnx on a CPU, torch on a GPU. The noise is the same; votes can differ only by float rounding, so "
-        "results are reproducible for a given seed and runtime",
+    options.add_runtime(
+        p,
+        "the forward passes (the noise is the same; votes can differ only by float rounding, so results "
+        "are reproducible for a given seed and runtime)",
     )
     options.add_resume(p, "certification")
     p.set_defaults(handler=run)

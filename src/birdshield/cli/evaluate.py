@@ -68,6 +68,7 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, help="seed of the subset, attacks and noise (default 0)")
     g.add_argument("--batch-size", type=int, help="images per chunk (default 32)")
     options.add_device(g)
+    options.add_runtime(g, "the passes without gradients (clean, corruptions, Square's queries)")
     options.add_resume(g, "evaluation")
     g = p.add_argument_group("defence (an input transform before the model, attacked through it)")
     options.add_defense(
@@ -146,6 +147,7 @@ def _run(args: argparse.Namespace, overrides: dict[str, Any], shard: Dist, devic
     from ..defenses import Defended, make_defense
     from ..evaluation import prepare_out_dir
     from ..evaluation.config import PRESETS
+    from ..evaluation.sharding import main_first
     from ..runtime import tune_cpu_allocator
 
     with options.usage_errors():
@@ -153,8 +155,13 @@ def _run(args: argparse.Namespace, overrides: dict[str, Any], shard: Dist, devic
     prepare_out_dir(args.out)  # an unwritable --out fails now, not after the evaluation
     tune_cpu_allocator()  # 2-3x faster CPU forward/backward; must come before the big allocations
     model = models.load_for_inference(args.run_dir, device)
+    if models.resolve_runtime(args.runtime, device) == "onnx":  # rank 0 first: it writes the export once
+        onnx = main_first(shard, lambda: models.load_for_inference(args.run_dir, device, runtime="onnx"))
+        overrides["forward_model"] = onnx
     if transform is not None:
         model = Defended(model, transform)
+        if "forward_model" in overrides:
+            overrides["forward_model"] = Defended(overrides["forward_model"], transform)
     if args.surrogate:
         overrides["surrogate"] = models.load_for_inference(args.surrogate, device)
     cfg = dataclasses.replace(PRESETS[args.eval_preset], **overrides)

@@ -43,13 +43,7 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "keep a GPU fed)",
     )
     options.add_device(p)
-    p.add_argument(
-        "--runtime",
-        choices=["torch", "onnx"],
-        default="torch",
-        help="'onnx': onnxruntime on RUN_DIR/model.onnx (exported on first use, again when the weights "
-        "change); the same CSV",
-    )
+    options.add_runtime(p, "the model (the CSV is the same)", default="torch")
     g = p.add_argument_group("defence (input transforms are applied before the model)")
     options.add_defense(
         g,

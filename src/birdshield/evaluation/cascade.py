@@ -172,7 +172,8 @@ def ensemble_at(
         spec = get_spec(name)
         if rows.numel():
             kwargs = spec.kwargs(eps, **attack_options(name, cfg, seed))
-            result = spec.load()(model, x[rows], y[rows], return_result=True, **kwargs)
+            attacked = cfg.forward_model if spec.black_box and cfg.forward_model is not None else model
+            result = spec.load()(attacked, x[rows], y[rows], return_result=True, **kwargs)
             x_adv = result.x_adv
             fooled[rows] = result.logits.argmax(1) != y[rows]  # the logits of x_adv, as the attack saw them
             rec.outside_ball += int((_norm_of(x_adv - x[rows], cfg.norm) > eps * (1 + 1e-5) + 1e-6).sum())

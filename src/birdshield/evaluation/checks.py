@@ -61,6 +61,28 @@ def _gradient_flags(logits: Tensor, xg: Tensor, y: Tensor, g_ce: Tensor) -> list
     return ([] if finite else [non_finite]) + zero_flags
 
 
+def first_chunk_flags(
+    model: nn.Module, forward_model: nn.Module | None, x: Tensor, y: Tensor, clean_logits: Tensor
+) -> list[dict[str, str]]:
+    """``model_flags``, and with a forward-only twin (which gave ``clean_logits``) a check that it computes
+    what the attacked model computes: the clean pass and the black-box attacks rest on it."""
+    if forward_model is None:
+        return model_flags(model, x, y, clean_logits)
+    logits = inference_logits(model, x)
+    flags = model_flags(model, x, y, logits)
+    gap = float((clean_logits - logits).abs().max())
+    if gap > 1e-3 or bool((clean_logits.argmax(1) != logits.argmax(1)).any()):
+        changed = int((clean_logits.argmax(1) != logits.argmax(1)).sum())
+        flags.append(
+            {
+                "flag": "forward model differs",
+                "detail": f"the forward-only runtime's logits differ from the model's (max |diff| {gap:.3g}, "
+                f"{changed}/{len(y)} predictions changed): rerun with --runtime torch",
+            }
+        )
+    return flags
+
+
 def stochastic_flag(a: Tensor, b: Tensor) -> list[dict[str, str]]:
     """Two calls of the model on the same images gave logits a and b: differing ones flag randomness."""
     if torch.allclose(a, b, rtol=1e-4, atol=1e-5):

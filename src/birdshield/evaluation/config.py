@@ -37,6 +37,9 @@ class EvalConfig:
     noise_std: tuple[float, ...] = (0.05, 0.1, 0.2)  # extra gaussian_noise entries at these explicit stds
     surrogate: nn.Module | None = None  # crafts the "transfer" attack; None = no transfer attack
     independent: bool = False
+    # A forward-only twin of the model (onnxruntime: `evaluate --runtime onnx`) for the passes that need no
+    # gradients: clean, corruptions and the black-box attacks' queries. None: the model does them all.
+    forward_model: nn.Module | None = None
 
 
 # quick: sized for a CPU (150 brittle lite0 images at 224 px in a few minutes on 2 cores; early stop makes
@@ -56,6 +59,7 @@ PRESETS: dict[str, EvalConfig] = {
 def config_dict(cfg: EvalConfig) -> dict[str, Any]:
     """The config as JSON data (the surrogate given as its architecture name)."""
     out = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-    sur = cfg.surrogate
+    sur, fwd = cfg.surrogate, cfg.forward_model
     out["surrogate"] = None if sur is None else getattr(sur, "meta", {}).get("arch", type(sur).__name__)
+    out["forward_model"] = None if fwd is None else type(getattr(fwd, "model", fwd)).__name__  # Defended
     return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}

@@ -20,7 +20,7 @@ from ..attacks.base import inference_logits
 from ..runtime import model_device
 from ..training.distributed import Dist
 from .cascade import attack_plan, clean_pass, corruptions_pass, ensemble_at, pick_examples
-from .checks import model_flags
+from .checks import first_chunk_flags
 from .config import N_EXAMPLES, EvalConfig, ProgressFn, config_dict
 from .report import build_report
 from .sharding import (
@@ -92,17 +92,18 @@ def _measure(
     def stage(name: str) -> None:
         report_progress(name, tally.n, total)
 
+    forward = cfg.forward_model or model
     for at, x, y in chunks:
         x, y = x.to(device), y.to(device)
         seed = cfg.seed + at  # per chunk, and the same whichever session or rank measures it
-        clean_logits = inference_logits(model, x)
+        clean_logits = inference_logits(forward, x)
         if p.plan is None:  # first chunk: settle the plan and run the one-batch sanity checks
             p.plan, p.skipped = attack_plan(cfg, n_classes or int(clean_logits.shape[1]))
-            tally.flags += model_flags(model, x, y, clean_logits)
+            tally.flags += first_chunk_flags(model, cfg.forward_model, x, y, clean_logits)
             p.checked_at = at
         correct = clean_pass(clean_logits, y, tally)
         stage("corruptions")
-        corruptions_pass(model, x, y, cfg, tally, seed)
+        corruptions_pass(forward, x, y, cfg, tally, seed)
         for eps in cfg.eps:
             worst, worst_logits = ensemble_at(
                 model, x, y, correct, clean_logits, eps, cfg, p.plan, tally, seed, stage
