@@ -102,3 +102,12 @@ def test_pgd_benchmark_whole_process_runs_both_sides(tiny_run: Path, tiny_data: 
     assert out.returncode == 0, out.stdout + out.stderr
     assert "whole-process time ratio theirs/ours" in out.stdout and "robust accuracies" in out.stdout
     assert out.stdout.count("robust accuracy ") == 2
+
+
+def test_evaluate_benchmark_runs_both_runtimes_and_compares_their_reports(tiny_run: Path, tiny_data: Path):
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_evaluate.py"), str(tiny_run), "--data"]
+    cmd += [str(tiny_data), "--n-images", "6", "--repeats", "1", "--", "--eps", "2/255", "--steps", "2"]
+    cmd += ["--square-queries", "10", "--corruptions", "gaussian_noise", "--severities", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "time ratio torch/onnx" in out.stdout and "same report numbers: yes" in out.stdout
