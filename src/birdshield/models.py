@@ -308,16 +308,20 @@ def prepare_for_inference(model: Classifier, device: str | torch.device = "auto"
     return model.to(memory_format=torch.channels_last) if device.type == "cpu" else model
 
 
-def resolve_runtime(runtime: str, device: str | torch.device = "auto") -> str:
-    """Runtime "auto" -> "onnx" on CPU (onnxruntime's forward measured about 2x torch eager's for the
-    noise batches of certify), "torch" on a GPU; "torch" and "onnx" as given."""
+def resolve_runtime(
+    runtime: str, device: str | torch.device = "auto", run_dir: str | Path | None = IMAGENET_BIRDS
+) -> str:
+    """Runtime "auto" -> "onnx" on CPU for a run directory (onnxruntime's forward measured 1.6-4x torch
+    eager's here; the export is cached in the run), "torch" on a GPU and for the built-in ImageNet model
+    (exported in memory on every start: more than a short job saves); "torch" and "onnx" as given."""
     from .runtime import pick_device
 
     if runtime not in ("auto", "torch", "onnx"):
         raise ValueError(f"runtime must be 'auto', 'torch' or 'onnx', got {runtime!r}")
     if runtime != "auto":
         return runtime
-    return "onnx" if pick_device(str(device)).type == "cpu" else "torch"
+    built_in = run_dir in (None, IMAGENET_BIRDS)
+    return "onnx" if pick_device(str(device)).type == "cpu" and not built_in else "torch"
 
 
 def load_for_inference(

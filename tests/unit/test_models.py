@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -157,3 +158,14 @@ def test_unreadable_json_metadata_names_its_file(tmp_path):
     (tmp_path / models.META_FILE).write_text(json.dumps({**meta, "image_size": 4096}))
     with pytest.raises(models.CheckpointError, match="birdshield.json: metadata field 'image_size'"):
         models.load(tmp_path)
+
+
+def test_auto_runtime_is_onnx_on_a_cpu_for_a_run_and_torch_for_the_built_in_model(tmp_path: Path):
+    from birdshield.models import IMAGENET_BIRDS, resolve_runtime
+
+    assert resolve_runtime("auto", "cpu", tmp_path) == "onnx"  # the export is cached in the run
+    assert resolve_runtime("auto", "cpu", IMAGENET_BIRDS) == "torch"  # exported in memory on every start
+    assert resolve_runtime("auto", "cpu", None) == "torch"
+    assert resolve_runtime("torch", "cpu", tmp_path) == "torch" and resolve_runtime("onnx") == "onnx"
+    with pytest.raises(ValueError, match="runtime"):
+        resolve_runtime("tensorrt")

@@ -81,7 +81,7 @@ def _run(args: argparse.Namespace, params: dict[str, Any], shard: Dist, device: 
 
     prepare_out_dir(args.out)  # an unwritable --out fails now, not after the certification
     tune_cpu_allocator()
-    runtime = models.resolve_runtime(args.runtime, device)
+    runtime = models.resolve_runtime(args.runtime, device, args.run_dir)
     # rank 0 first: it writes the run's ONNX export once, the others then read it
     model = main_first(shard, lambda: models.load_for_inference(args.run_dir, device, runtime=runtime))
     samples = data.samples_for_model(data.discover(args.data), args.split, model.class_names)

@@ -155,7 +155,8 @@ def _run(args: argparse.Namespace, overrides: dict[str, Any], shard: Dist, devic
     prepare_out_dir(args.out)  # an unwritable --out fails now, not after the evaluation
     tune_cpu_allocator()  # 2-3x faster CPU forward/backward; must come before the big allocations
     model = models.load_for_inference(args.run_dir, device)
-    if models.resolve_runtime(args.runtime, device) == "onnx":  # rank 0 first: it writes the export once
+    if models.resolve_runtime(args.runtime, device, args.run_dir) == "onnx":
+        # rank 0 first: it writes the run's export once, the others then read it
         onnx = main_first(shard, lambda: models.load_for_inference(args.run_dir, device, runtime="onnx"))
         overrides["forward_model"] = onnx
     if transform is not None:

@@ -96,17 +96,15 @@ def add_n_images(g: argparse._ActionsContainer, what: str) -> None:
     )
 
 
-def add_runtime(g: argparse._ActionsContainer, what: str, default: str = "auto") -> None:
+def add_runtime(g: argparse._ActionsContainer, what: str) -> None:
     """--runtime: torch, or onnxruntime on the run's cached export, for the forward-only work."""
-    auto = default == "auto"
     g.add_argument(
         "--runtime",
-        choices=["auto", "torch", "onnx"] if auto else ["torch", "onnx"],
-        default=default,
+        choices=["auto", "torch", "onnx"],
+        default="auto",
         help=f"what runs {what}: 'onnx' is onnxruntime on RUN_DIR/model.onnx (exported on first use, again "
-        "when the weights change), about twice as fast as torch eager on a CPU"
-        + ("; 'auto': onnx on a CPU, torch on a GPU" if auto else "")
-        + ". The two agree to float rounding (logits within 1e-3)",
+        "when the weights change), about twice as fast as torch eager on a CPU; 'auto': onnx on a CPU, "
+        "torch on a GPU. The two agree to float rounding (logits within 1e-3)",
     )
 
 

@@ -43,7 +43,7 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "keep a GPU fed)",
     )
     options.add_device(p)
-    options.add_runtime(p, "the model (the CSV is the same)", default="torch")
+    options.add_runtime(p, "the model (the CSV is the same)")
     g = p.add_argument_group("defence (input transforms are applied before the model)")
     options.add_defense(
         g,
@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     if not inputs:
         raise options.UsageError("no image files or folders given after the run directory")
     tune_cpu_allocator()
-    model = models.load_for_inference(run_dir, args.device, runtime=args.runtime)
+    runtime = models.resolve_runtime(args.runtime, args.device, run_dir)
+    model = models.load_for_inference(run_dir, args.device, runtime=runtime)
     skipped: list[Path] = []
     images = data.list_images(inputs, skipped)
     if skipped:
