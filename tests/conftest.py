@@ -151,7 +151,16 @@ def kill_cli_when(
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-m", "birdshield.cli", "--threads", "1", *argv]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C's default action in the child, even when pytest itself runs with SIGINT ignored (started with
+    # `&` from a script): Python then turns SIGINT into KeyboardInterrupt, as for a user at a terminal.
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + timeout
     try:
         while not ready():

@@ -248,6 +248,32 @@ def test_sixteen_bit_conversion_in_blocks_is_exact(monkeypatch) -> None:
     assert np.array_equal(pixels, np.clip(np.rint(stretched), 0, 255).astype(np.uint8))
 
 
+def _photo_like(width: int, height: int) -> Image.Image:
+    """Smooth colour gradients with some texture: what a downscaled photo looks like."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    r = 127 + 100 * np.sin(xx / 97) * np.cos(yy / 131)
+    g = 127 + 100 * np.cos((xx + yy) / 173)
+    b = 127 + 60 * np.sin(xx / 23) + 30 * np.sin(yy / 41)
+    return Image.fromarray(np.stack([r, g, b], -1).clip(0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize(("fmt", "mode"), [("PNG", "RGB"), ("PNG", "RGBA"), ("PNG", "I;16"), ("JPEG", "RGB")])
+def test_large_images_shrunk_while_decoding_give_the_same_tensor(tmp_path: Path, fmt: str, mode: str) -> None:
+    """A 2400 x 1800 image is reduced 2x (PNG) or decoded at 1/2 scale (JPEG) before the resize to 224:
+    the tensor is the one a full-size decode gives, to within what the eye or a model can tell."""
+    img = _photo_like(2400, 1800)
+    if mode == "RGBA":
+        img = img.convert("RGBA")
+    elif mode == "I;16":
+        img = Image.fromarray(np.asarray(img.convert("L")).astype(np.uint16) * 257)
+    path = tmp_path / f"big.{fmt.lower()}"
+    img.save(path, quality=95) if fmt == "JPEG" else img.save(path)
+    shrunk = data.load_tensor(path, 224)
+    full = data.to_tensor(data.read_rgb(path), 224)
+    assert shrunk.shape == full.shape == (3, 224, 224)
+    assert (shrunk - full).abs().mean() < 0.5 / 255 and (shrunk - full).abs().max() < 3 / 255
+
+
 def test_transparency_onto_white_in_blocks_is_exact(monkeypatch) -> None:
     rng = np.random.default_rng(0)
     palette = Image.fromarray(rng.integers(0, 256, (61, 41), dtype=np.uint8), "P")

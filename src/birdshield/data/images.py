@@ -75,24 +75,25 @@ def _too_big(n_bytes: int | None) -> str:
     return f"file too large: {size} exceeds the limit of {MAX_FILE_BYTES:,} bytes"
 
 
-def read_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def read_rgb(path: str | Path, max_pixels: int = MAX_PIXELS, min_side: int = 0) -> Image.Image:
     """Decode an image file fully into an RGB image, or raise BadImageError saying why it cannot be used.
 
     The size limits are checked from the header before any pixel is decoded. Pillow's own, process-global
     decompression-bomb check still runs first inside ``Image.open``; it is reported as "image too large" too.
-    Animated and multi-page files give their first frame.
+    Animated and multi-page files give their first frame. With ``min_side`` (the caller resizes to that
+    shorter side next) a large image is shrunk as it is decoded, see ``_shrunk``.
     """
     path = Path(path)
     data = read_image_bytes(path)
     with warnings.catch_warnings():
         # Our own max_pixels check replaces Pillow's warning, which would otherwise escape to the caller.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        return _decode(path, data, max_pixels)
+        return _decode(path, data, max_pixels, min_side)
 
 
 def load_tensor(path: str | Path, size: int) -> torch.Tensor:
     """``to_tensor(read_rgb(path), size)``; any failure, resizing too, is a BadImageError naming the file."""
-    img = read_rgb(path)
+    img = read_rgb(path, min_side=size)
     try:
         return to_tensor(img, size)
     except Exception as e:  # MemoryError included: one odd file must not stop a long job
@@ -113,15 +114,20 @@ def _os_reason(e: OSError) -> str:
     return f"cannot read file ({e.strerror or e})"
 
 
-def _decode(path: Path, data: bytes, max_pixels: int) -> Image.Image:
+def _decode(path: Path, data: bytes, max_pixels: int, min_side: int = 0) -> Image.Image:
     """Decode bytes read from `path`. Warning filters are up to the caller (check() decodes in threads)."""
     if not data:
         raise BadImageError(path, "empty file (0 bytes)")
     img = _open_image(path, data, max_pixels)
     try:
+        if min_side:  # JPEG: decode at 1/2 .. 1/8 scale straight away (Pillow's thumbnail() does the same)
+            img.draft(img.mode, _kept_size(img.size, min_side))
         img.load()  # decode now so truncated or corrupt data fails here, not later in a DataLoader worker
+        img = _shrunk(img, min_side)
     except Image.DecompressionBombError as e:  # some plugins check sizes again while loading
         raise BadImageError(path, f"image too large: {e}") from e
+    except MemoryError as e:
+        raise BadImageError(path, "out of memory decoding the image") from e
     except Exception as e:
         raise BadImageError(path, f"truncated or corrupt image data ({_describe(e)})") from e
     try:
@@ -137,6 +143,28 @@ def _decode(path: Path, data: bytes, max_pixels: int) -> Image.Image:
         return _as_rgb(img)
     except Exception as e:
         raise BadImageError(path, f"cannot convert colour mode {mode} to RGB ({_describe(e)})") from e
+
+
+# An image is shrunk while its shorter side stays at least this many times the size it is resized to
+# next: the final antialiased resize then gives practically the same pixels (Pillow's `reducing_gap`).
+REDUCING_GAP = 3
+
+
+def _kept_size(size: tuple[int, int], min_side: int) -> tuple[int, int]:
+    """The smallest (width, height) with the image's aspect whose shorter side is REDUCING_GAP x min_side."""
+    scale = REDUCING_GAP * min_side / min(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def _shrunk(img: Image.Image, min_side: int) -> Image.Image:
+    """`img` reduced by an integer factor (box filter) in its own mode, before any full-size copy is made
+    (orientation, bit depth, RGB: a 100 MP RGBA image would need another 400 MB as RGB)."""
+    factor = min(img.size) // (REDUCING_GAP * min_side) if min_side else 0
+    if factor < 2:
+        return img
+    if img.mode in _SIXTEEN_BIT:
+        img = _to_8bit(img)  # reduce() takes no 16-bit modes; the 8-bit copy is made a block at a time
+    return img.reduce(factor) if img.mode not in ("1", "P") else img  # 1 and P: converted at full size
 
 
 def _open_image(path: Path, data: bytes, max_pixels: int) -> Image.Image:
