@@ -38,6 +38,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--full", action="store_true", help="also run birdshield's --full ensemble")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (both sides run there)")
+    p.add_argument(
+        "--runtime",
+        choices=["auto", "torch", "onnx"],
+        default="auto",
+        help="what runs our --full ensemble's passes without gradients (Square's 5000 queries): as "
+        "`evaluate --runtime`; 'auto' is onnxruntime on a CPU",
+    )
     return p.parse_args(argv)
 
 
@@ -85,12 +92,14 @@ def robust_accuracy(model, x_adv, y) -> float:
         return float((model(x_adv).argmax(1) == y).float().mean())
 
 
-def ours(model, x, y, eps: float, steps: int, targets: int, bs: int, preset: str | None = None):
+def ours(model, x, y, eps: float, steps: int, targets: int, bs: int, preset: str | None = None, forward=None):
     """(ensemble robust accuracy, seconds) of birdshield's cascade on the same tensors."""
     from birdshield.evaluation import PRESETS, EvalConfig, evaluate
 
     if preset:
-        cfg = dataclasses.replace(PRESETS[preset], eps=(eps,), corruptions=(), noise_std=(), batch_size=bs)
+        cfg = dataclasses.replace(
+            PRESETS[preset], eps=(eps,), corruptions=(), noise_std=(), batch_size=bs, forward_model=forward
+        )
     else:
         cfg = EvalConfig(
             attacks=("apgd-ce", "apgd-t"),
@@ -132,7 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     gap = round((ref_acc - our_acc) * n)
     print(f"  reference - ours: {gap:+d} images; time ours/reference {our_s / ref_s:.2f}x")
     if args.full:
-        full_acc, full_s, flags = ours(model, x, y, eps, 0, 0, args.batch_size, preset="full")
+        from birdshield import models
+
+        runtime = models.resolve_runtime(args.runtime, args.device, args.run_dir)
+        forward = (
+            models.load_for_inference(args.run_dir, args.device, runtime="onnx")
+            if runtime == "onnx"
+            else None
+        )
+        full_acc, full_s, flags = ours(model, x, y, eps, 0, 0, args.batch_size, "full", forward)
         print(
             f"  birdshield --full:    robust {full_acc:.1%} ({round(full_acc * n)}/{n})  {full_s:.1f} s  "
             f"flags: {[f['flag'] for f in flags] or 'none'}"

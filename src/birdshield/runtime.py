@@ -26,6 +26,7 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
 _NEVER = -1  # as M_TRIM_THRESHOLD: never give the heap's top back to the OS (man mallopt)
+_DEFAULT_MMAP_MAX, _DEFAULT_TRIM_THRESHOLD = 65536, 128 * 1024  # glibc's defaults
 _allocator_tuned = False
 
 
@@ -58,6 +59,29 @@ def tune_cpu_allocator() -> bool:
         return False
     _allocator_tuned = ok
     return ok
+
+
+@contextlib.contextmanager
+def allocator_for_onnxruntime() -> Iterator[None]:
+    """glibc's own handling of large blocks (mmap, trimming) while only onnxruntime computes.
+
+    The tuning above keeps every block on the one heap, for torch eager, which frees and asks again for
+    its activations every batch. onnxruntime keeps buffers in its own arena; with its threads and a data
+    loader's batches on that untrimmed heap, the heap grew without bound (caching the features of 10,500
+    photos: +16 MB/s, 1.0 -> 3.0 GB in two minutes; flat at 0.9 GB with glibc's defaults). The tuning
+    applies again after the block.
+    """
+    if not _allocator_tuned:
+        yield
+        return
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+    libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+    try:
+        yield
+    finally:
+        libc.mallopt(_M_MMAP_MAX, 0)
+        libc.mallopt(_M_TRIM_THRESHOLD, _NEVER)
 
 
 def preload(*modules: str) -> threading.Thread:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Callable
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 
 from .. import data
 from ..models import Classifier
+from ..runtime import allocator_for_onnxruntime
 from .config import TrainConfig
 from .distributed import Dist
 from .features import CachedFeatures, cache_root, feature_fn, split_features
@@ -63,8 +65,10 @@ def probe_on_cached_features(
         cache = cache / f"rank{d.rank}"
     forward = functools.cache(lambda: feature_fn(model, device, cfg))  # exported once, on first need
     views = ("plain", "flip") if flips else ("plain",)
-    tr, key = split_features(model, train_ds, views, cfg, device, cache, "train features", forward)
-    va, _ = split_features(model, valid_ds, ("plain",), cfg, device, cache, "valid features", forward)
+    # on a CPU the features come from onnxruntime (feature_fn)
+    with allocator_for_onnxruntime() if device.type == "cpu" else contextlib.nullcontext():
+        tr, key = split_features(model, train_ds, views, cfg, device, cache, "train features", forward)
+        va, _ = split_features(model, valid_ds, ("plain",), cfg, device, cache, "valid features", forward)
     if key:
         log(f"features cached in {cache / key} (reused by later runs; --feature-cache none: in memory)")
     if not len(tr.usable) or not len(va.usable):
