@@ -71,8 +71,8 @@ def first_chunk_flags(
     logits = inference_logits(model, x)
     flags = model_flags(model, x, y, logits)
     gap = float((clean_logits - logits).abs().max())
-    if gap > 1e-3 or bool((clean_logits.argmax(1) != logits.argmax(1)).any()):
-        changed = int((clean_logits.argmax(1) != logits.argmax(1)).sum())
+    changed = int((clean_logits.argmax(1) != logits.argmax(1)).sum())
+    if gap > 1e-3 or changed:
         flags.append(
             {
                 "flag": "forward model differs",
