@@ -143,13 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.full:
         from birdshield import models
 
-        runtime = models.resolve_runtime(args.runtime, args.device, args.run_dir)
-        forward = (
-            models.load_for_inference(args.run_dir, args.device, runtime="onnx")
-            if runtime == "onnx"
-            else None
-        )
-        full_acc, full_s, flags = ours(model, x, y, eps, 0, 0, args.batch_size, "full", forward)
+        twin = models.forward_twin(args.run_dir, args.device, args.runtime)
+        full_acc, full_s, flags = ours(model, x, y, eps, 0, 0, args.batch_size, "full", twin)
         print(
             f"  birdshield --full:    robust {full_acc:.1%} ({round(full_acc * n)}/{n})  {full_s:.1f} s  "
             f"flags: {[f['flag'] for f in flags] or 'none'}"

@@ -324,6 +324,16 @@ def resolve_runtime(
     return "onnx" if pick_device(str(device)).type == "cpu" and not built_in else "torch"
 
 
+def forward_twin(
+    run_dir: str | Path | None, device: str | torch.device = "auto", runtime: str = "auto"
+) -> nn.Module | None:
+    """The onnxruntime twin that `evaluate` runs its passes without gradients on, when `runtime` resolves
+    to onnx (see resolve_runtime); None: the torch model does everything."""
+    if resolve_runtime(runtime, device, run_dir) != "onnx":
+        return None
+    return load_for_inference(run_dir, device, runtime="onnx")
+
+
 def load_for_inference(
     run_dir: str | Path | None, device: str | torch.device = "auto", runtime: str = "torch"
 ) -> nn.Module:

@@ -155,14 +155,12 @@ def _run(args: argparse.Namespace, overrides: dict[str, Any], shard: Dist, devic
     prepare_out_dir(args.out)  # an unwritable --out fails now, not after the evaluation
     tune_cpu_allocator()  # 2-3x faster CPU forward/backward; must come before the big allocations
     model = models.load_for_inference(args.run_dir, device)
-    if models.resolve_runtime(args.runtime, device, args.run_dir) == "onnx":
-        # rank 0 first: it writes the run's export once, the others then read it
-        onnx = main_first(shard, lambda: models.load_for_inference(args.run_dir, device, runtime="onnx"))
-        overrides["forward_model"] = onnx
+    # rank 0 first: it writes the run's ONNX export once, the others then read it
+    twin = main_first(shard, lambda: models.forward_twin(args.run_dir, device, args.runtime))
     if transform is not None:
         model = Defended(model, transform)
-        if "forward_model" in overrides:
-            overrides["forward_model"] = Defended(overrides["forward_model"], transform)
+        twin = None if twin is None else Defended(twin, transform)
+    overrides["forward_model"] = twin
     if args.surrogate:
         overrides["surrogate"] = models.load_for_inference(args.surrogate, device)
     cfg = dataclasses.replace(PRESETS[args.eval_preset], **overrides)

@@ -21,6 +21,10 @@ def _prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.
     return {f"{prefix}.{k}": v.detach().contiguous().cpu() for k, v in tensors.items()}
 
 
+def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(f"{prefix}.")}
+
+
 def save_resume(
     path: Path,
     model: Classifier,
@@ -51,11 +55,9 @@ def load_resume(
     with safetensors.safe_open(str(path), framework="pt") as f:
         state = json.loads(f.metadata()["state"])
     tensors = safetensors.torch.load_file(str(path))
-    model.backbone.load_state_dict(
-        {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True
-    )
+    model.backbone.load_state_dict(_unprefixed("model", tensors), strict=True)
     if average is not None:
-        average.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("average.")})
+        average.load_state_dict(_unprefixed("average", tensors))
     per_param: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
