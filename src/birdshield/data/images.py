@@ -158,13 +158,28 @@ def _kept_size(size: tuple[int, int], min_side: int) -> tuple[int, int]:
 
 def _shrunk(img: Image.Image, min_side: int) -> Image.Image:
     """`img` reduced by an integer factor (box filter) in its own mode, before any full-size copy is made
-    (orientation, bit depth, RGB: a 100 MP RGBA image would need another 400 MB as RGB)."""
+    (orientation, bit depth, RGB: a 100 MP RGBA image would need another 400 MB as RGB).
+
+    Reduced a block of rows at a time (a multiple of the factor, so the result is the same): Pillow reduces
+    RGBA and LA through a premultiplied full-size copy, and 16-bit data has to become 8 bit first.
+    """
     factor = min(img.size) // (REDUCING_GAP * min_side) if min_side else 0
-    if factor < 2:
+    if factor < 2 or img.mode in ("1", "P"):  # 1 and P: converted at full size
         return img
-    if img.mode in _SIXTEEN_BIT:
-        img = _to_8bit(img)  # reduce() takes no 16-bit modes; the 8-bit copy is made a block at a time
-    return img.reduce(factor) if img.mode not in ("1", "P") else img  # 1 and P: converted at full size
+    width, height = img.size
+    rows = factor * max(1, _BLOCK_ELEMENTS // (width * factor))
+    blocks = [(top, min(top + rows, height)) for top in range(0, height, rows)]
+    to_8bit = _scaler(img, blocks) if img.mode in _SIXTEEN_BIT else None  # reduce() takes no 16-bit modes
+    out = None
+    for top, bottom in blocks:
+        block = img.crop((0, top, width, bottom))
+        if to_8bit:
+            block = Image.fromarray(to_8bit(np.asarray(block)))
+        block = block.reduce(factor)
+        if out is None:
+            out = Image.new(block.mode, (block.width, -(-height // factor)))
+        out.paste(block, (0, top // factor))
+    return out
 
 
 def _open_image(path: Path, data: bytes, max_pixels: int) -> Image.Image:
