@@ -65,6 +65,21 @@ def test_adversarial_training_is_recorded_and_selects_on_robust_accuracy(
     assert meta["metrics"]["valid_robust_accuracy"] == pytest.approx(robust[best], rel=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("augmentation", "warm_started"),
+    [(["--rotate", "10"], False), (["--rotate", "10", "--adv", "pgd", "--adv-eps", "4/255"], True)],
+)
+def test_adversarial_training_starts_from_the_probed_head_whatever_the_augmentation(
+    augmentation, warm_started, tiny_data: Path, tmp_path: Path, capsys
+):
+    """The probe sees plain images only, so geometric augmentation skips it, except under adversarial
+    training, which from a random head learns next to nothing for epochs."""
+    args = ["train", str(tiny_data), "--out", str(tmp_path), *TINY, "--depth", "full", "--epochs", "1"]
+    args += ["--probe-epochs", "5", "--feature-cache", "none", "--batch-size", "12", *augmentation]
+    assert main(args) == 0
+    assert ("linear probe on cached features" in capsys.readouterr().out) == warm_started
+
+
 def test_robust_selection_keeps_the_robust_best_not_the_clean_best(tmp_path: Path):
     model = create_model(["a", "b"], arch="test_efficientnet", weights=None, image_size=32)
     state, scores = TrainState(), []

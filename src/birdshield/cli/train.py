@@ -41,8 +41,8 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--probe-epochs",
         type=int,
         default=d.probe_epochs,
-        help="linear-probe epochs on cached features that warm-start the head (only without noise/geometric "
-        "augmentation; 0 = off)",
+        help="linear-probe epochs on cached features of plain images that warm-start the head (skipped "
+        "with noise or geometric augmentation unless training is adversarial; 0 = off)",
     )
     g.add_argument(
         "--feature-cache",
