@@ -18,7 +18,11 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "writes compare.md and compare.png (ensemble accuracy vs eps, one line per report).",
     )
     p.add_argument("reports", nargs="+", metavar="REPORT_DIR", help="folders written by evaluate or certify")
-    p.add_argument("--names", help="comma list of row names, one per folder (default: the folder names)")
+    p.add_argument(
+        "--names",
+        help="comma list of row names, one per folder (default: the folder names); folders given one name "
+        "share a row, e.g. a model's evaluate report, its transfer report and its certify result",
+    )
     p.add_argument("--radii", default="0.25,0.5", help="comma list of L2 radii for the certified columns")
     p.add_argument("--out", help="folder to write compare.md and compare.png into")
     p.set_defaults(handler=run)

@@ -37,6 +37,46 @@ def load_reports(folder: str | Path, name: str | None = None) -> Reports:
     return Reports(name or folder.name, found.get(REPORT), found.get(CERTIFY))
 
 
+def merge_rows(reports: list[Reports]) -> list[Reports]:
+    """Folders given the same name share one row, in the order the names first appear (e.g. a model's
+    evaluate report, its transfer-attack report and a certify result): each part of the row (noise,
+    ensemble, transfer, certified) comes whole from the first folder that has it."""
+    groups: dict[str, list[Reports]] = {}
+    for r in reports:
+        groups.setdefault(r.name, []).append(r)
+    return [group[0] if len(group) == 1 else _merged(name, group) for name, group in groups.items()]
+
+
+def _merged(name: str, group: list[Reports]) -> Reports:
+    evaluates = [r.evaluate for r in group if r.evaluate]
+    certifies = [r.certify for r in group if r.certify]
+    if len(certifies) > 1:
+        raise DataError(f"{len(certifies)} certify results are named {name!r}: one row holds one")
+    if not evaluates:
+        return Reports(name, None, certifies[0])
+    first = evaluates[0]
+    if any((e["n"], e["clean_accuracy"]) != (first["n"], first["clean_accuracy"]) for e in evaluates):
+        raise DataError(
+            f"the reports named {name!r} differ in their number of images or clean accuracy: a row is one "
+            "model on one set of images"
+        )
+
+    def first_with(part: Any) -> list:
+        return next((rows for e in evaluates if (rows := part(e))), [])
+
+    def attacks(transfer: bool) -> Any:
+        return lambda e: [row for row in e["results"] if (row["attack"] == "transfer") == transfer]
+
+    merged = {
+        **first,
+        "corruptions": first_with(lambda e: e["corruptions"]),
+        "ensemble": first_with(lambda e: e["ensemble"]),
+        "results": first_with(attacks(transfer=False)) + first_with(attacks(transfer=True)),
+        "flags": [flag for e in evaluates for flag in e["flags"]],
+    }
+    return Reports(name, merged, certifies[0] if certifies else None)
+
+
 def _noise_stds(reports: list[Reports]) -> list[float]:
     stds = {
         c["std"] for r in reports if r.evaluate for c in r.evaluate["corruptions"] if c["std"] is not None
@@ -59,7 +99,9 @@ def _cell(entry: dict[str, Any] | None, key: str, n: int) -> str:
 
 
 def compare_table(reports: list[Reports], radii: tuple[float, ...] = (0.25, 0.5)) -> list[str]:
-    """Markdown rows: one per report folder; clean, noise, ensemble per eps, transfer, certified radii."""
+    """Markdown rows: one per report name (see merge_rows); clean, noise, ensemble per eps, transfer,
+    certified radii."""
+    reports = merge_rows(reports)
     stds, ensemble, transfer = _noise_stds(reports), _threats(reports, None), _threats(reports, "transfer")
     certify = any(r.certify for r in reports)
     header = ["report", "n", "clean"] + [f"noise std {s:g}" for s in stds]
@@ -110,7 +152,7 @@ def write_comparison(reports: list[Reports], out: str | Path, radii: tuple[float
     from ..runtime import atomic_write_bytes
     from .plots import plot_comparison
 
-    out = Path(out)
+    out, reports = Path(out), merge_rows(reports)
     atomic_write_bytes(out / "compare.md", compare_markdown(reports, radii).encode())
     if any(r.evaluate and r.evaluate["ensemble"] for r in reports):
         plot_comparison([(r.name, r.evaluate) for r in reports if r.evaluate], out / "compare.png")
