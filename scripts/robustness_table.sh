@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Regenerates every report behind the README's robustness table, then the table itself with `compare`.
+#
+#   scripts/robustness_table.sh DATA [OUT]      DATA: birds-mini; OUT: runs and reports (default runs/table)
+#
+# About 2.5 hours on a 2-core CPU, most of it robust training (~25 min), its evaluation and `certify`.
+# Each step records that it finished in OUT/done/, and training and evaluation resume, so a killed run
+# goes on where it stopped when started again. THREADS=N sets birdshield --threads (default: torch's).
+set -euo pipefail
+D=${1:?usage: scripts/robustness_table.sh DATA [OUT]}
+O=${2:-runs/table}
+mkdir -p "$O/done"
+
+bs() { birdshield --threads "${THREADS:-0}" "$@"; }
+step() {  # NAME COMMAND...: run COMMAND once
+  local name=$1
+  shift
+  if [[ -e $O/done/$name ]]; then echo "done already: $name"; return; fi
+  echo "+ $*"
+  "$@"
+  touch "$O/done/$name"
+}
+quick() {  # NAME RUN [OPTIONS...]: evaluate --quick, then the transfer attack from Lite1
+  local name=$1 run=$2
+  shift 2
+  step "$name" bs evaluate "$run" "$D" --quick --out "$O/reports/$name" --resume "$@"
+  step "$name-transfer" bs evaluate "$run" "$D" --attacks transfer --surrogate "$O/lite1" \
+    --eps 4/255,8/255 --corruptions none --out "$O/reports/$name-transfer" --resume "$@"
+}
+certify() {  # NAME RUN [OPTIONS...]: randomized smoothing at sigma 0.25
+  local name=$1 run=$2
+  shift 2
+  step "$name" bs certify "$run" "$D" --sigma 0.25 --selection-samples 100 --samples 1000 --alpha 0.001 \
+    --out "$O/reports/$name" --resume "$@"
+}
+
+step train-lite1 bs train "$D" --out "$O/lite1" --arch tf_efficientnet_lite1 --epochs 1 --resume  # transfer surrogate
+step train-standard bs train "$D" --out "$O/standard" --epochs 2 --resume  # what `demo` trains
+quick standard "$O/standard"
+for defense in "jpeg 75" "bits 4" "median 3"; do
+  set -- $defense
+  quick "standard-$1" "$O/standard" --defense "$1" --defense-param "$2"
+done
+step train-noise bs train "$D" --out "$O/noise" --noise-max 0.2 --resume
+quick noise "$O/noise"
+step train-smoothing bs train "$D" --out "$O/smoothing" --preset smoothing --resume
+quick smoothing "$O/smoothing"
+step train-robust bs train "$D" --out "$O/robust" --preset robust-cpu --resume
+quick robust "$O/robust"
+certify smoothing-certify "$O/smoothing"
+certify standard-certify "$O/standard" --n-images 30
+certify noise-certify "$O/noise" --n-images 30
+
+r=$O/reports
+bs compare --out "$O" --radii 0.25,0.5 \
+  --names "standard,standard,standard + jpeg 75,standard + jpeg 75,standard + bits 4,standard + bits 4,\
+standard + median 3,standard + median 3,noise-trained,noise-trained,robust-cpu,robust-cpu,smoothing (base),\
+smoothing (base),smoothing + certify,standard,noise-trained" \
+  "$r/standard" "$r/standard-transfer" "$r/standard-jpeg" "$r/standard-jpeg-transfer" \
+  "$r/standard-bits" "$r/standard-bits-transfer" "$r/standard-median" "$r/standard-median-transfer" \
+  "$r/noise" "$r/noise-transfer" "$r/robust" "$r/robust-transfer" "$r/smoothing" "$r/smoothing-transfer" \
+  "$r/smoothing-certify" "$r/standard-certify" "$r/noise-certify"
