@@ -20,7 +20,7 @@ from PIL import Image, ImageEnhance
 from birdshield import data
 from birdshield.data import BadImageError, DataError, Sample
 from birdshield.data.check import _near_pairs
-from birdshield.data.images import _as_rgb, _to_8bit
+from birdshield.data.images import _as_rgb, _shrunk, _to_8bit
 
 ODD_NAMES = ["BLACK & YELLOW bROADBILL", "MIKADO  PHEASANT", "ZEBRA DOVE"]
 
@@ -272,6 +272,21 @@ def test_large_images_shrunk_while_decoding_give_the_same_tensor(tmp_path: Path,
     full = data.to_tensor(data.read_rgb(path), 224)
     assert shrunk.shape == full.shape == (3, 224, 224)
     assert (shrunk - full).abs().mean() < 0.5 / 255 and (shrunk - full).abs().max() < 3 / 255
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L", "I;16"])
+def test_reducing_in_blocks_of_rows_is_exact(monkeypatch, mode: str) -> None:
+    """Blocks of 3 rows (the factor) and a last block of 2: the same pixels as reducing the whole image."""
+    rng = np.random.default_rng(0)
+    if mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 65536, (47, 61), dtype=np.uint16))
+        whole = _to_8bit(img).reduce(3)
+    else:
+        img = Image.fromarray(rng.integers(0, 256, (47, 61, 4), dtype=np.uint8)).convert(mode)
+        whole = img.reduce(3)
+    monkeypatch.setattr("birdshield.data.images._BLOCK_ELEMENTS", 100)
+    blocks = _shrunk(img, min_side=5)  # 47 // (3 x 5): factor 3
+    assert blocks.mode == whole.mode and np.array_equal(np.asarray(blocks), np.asarray(whole))
 
 
 def test_transparency_onto_white_in_blocks_is_exact(monkeypatch) -> None:
