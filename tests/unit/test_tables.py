@@ -12,7 +12,7 @@ from birdshield.reporting.tables import csv_text, spreadsheet_safe
 
 @pytest.mark.parametrize(
     "cell",
-    ["=1+1", "=HYPERLINK(\"http://x\")", "+cmd", "-2+3", "@SUM(A1)", "\tx", "\r=1", "-", "+", "-inf!"],
+    ["=1+1", '=HYPERLINK("http://x")', "+cmd", "-2+3", "@SUM(A1)", "\tx", "\r=1", "-", "+", "-inf!"],
 )
 def test_formula_cells_get_an_apostrophe(cell: str) -> None:
     assert spreadsheet_safe(cell) == "'" + cell
