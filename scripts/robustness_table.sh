@@ -45,18 +45,16 @@ step train-noise bs train "$D" --out "$O/noise" --noise-max 0.2 --resume
 quick noise "$O/noise"
 step train-smoothing bs train "$D" --out "$O/smoothing" --preset smoothing --resume
 quick smoothing "$O/smoothing"
+certify smoothing-certify "$O/smoothing"
 step train-robust bs train "$D" --out "$O/robust" --preset robust-cpu --resume
 quick robust "$O/robust"
-certify smoothing-certify "$O/smoothing"
-certify standard-certify "$O/standard" --n-images 30
-certify noise-certify "$O/noise" --n-images 30
 
 r=$O/reports
 bs compare --out "$O" --radii 0.25,0.5 \
   --names "standard,standard,standard + jpeg 75,standard + jpeg 75,standard + bits 4,standard + bits 4,\
 standard + median 3,standard + median 3,noise-trained,noise-trained,robust-cpu,robust-cpu,smoothing (base),\
-smoothing (base),smoothing + certify,standard,noise-trained" \
+smoothing (base),smoothing + certify" \
   "$r/standard" "$r/standard-transfer" "$r/standard-jpeg" "$r/standard-jpeg-transfer" \
   "$r/standard-bits" "$r/standard-bits-transfer" "$r/standard-median" "$r/standard-median-transfer" \
   "$r/noise" "$r/noise-transfer" "$r/robust" "$r/robust-transfer" "$r/smoothing" "$r/smoothing-transfer" \
-  "$r/smoothing-certify" "$r/standard-certify" "$r/noise-certify"
+  "$r/smoothing-certify"
