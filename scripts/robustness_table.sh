@@ -46,13 +46,13 @@ quick noise "$O/noise"
 step train-smoothing bs train "$D" --out "$O/smoothing" --preset smoothing --resume
 quick smoothing "$O/smoothing"
 certify smoothing-certify "$O/smoothing"
-step train-robust bs train "$D" --out "$O/robust" --preset robust-cpu --resume
+step train-robust bs train "$D" --out "$O/robust" --preset robust-cpu --ema-decay 0.99 --resume
 quick robust "$O/robust"
 
 r=$O/reports
 bs compare --out "$O" --radii 0.25,0.5 \
   --names "standard,standard,standard + jpeg 75,standard + jpeg 75,standard + bits 4,standard + bits 4,\
-standard + median 3,standard + median 3,noise-trained,noise-trained,robust-cpu,robust-cpu,smoothing (base),\
+standard + median 3,standard + median 3,noise-trained,noise-trained,robust-cpu + EMA,robust-cpu + EMA,smoothing (base),\
 smoothing (base),smoothing + certify" \
   "$r/standard" "$r/standard-transfer" "$r/standard-jpeg" "$r/standard-jpeg-transfer" \
   "$r/standard-bits" "$r/standard-bits-transfer" "$r/standard-median" "$r/standard-median-transfer" \
