@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -129,23 +130,24 @@ def main(argv: list[str] | None = None) -> int:
     eps = parse_eps(args.eps)
     model, x, y = load(args)
     n = len(y)
-    ref_acc, ref_s = reference(model, x, y, eps, args.steps, args.targets, args.batch_size)
-    our_acc, our_s, flags = ours(model, x, y, eps, args.steps, args.targets, args.batch_size)
     attacks = f"APGD-CE {args.steps} + APGD-T {args.steps} x {args.targets} targets"
-    print(f"{n} images, Linf eps {args.eps}, {attacks}")
-    print(f"  reference AutoAttack: robust {ref_acc:.1%} ({round(ref_acc * n)}/{n})  {ref_s:.1f} s")
-    print(
+    say = functools.partial(print, flush=True)  # each line as soon as it is known: --full takes an hour
+    say(f"{n} images, Linf eps {args.eps}, {attacks}")
+    ref_acc, ref_s = reference(model, x, y, eps, args.steps, args.targets, args.batch_size)
+    say(f"  reference AutoAttack: robust {ref_acc:.1%} ({round(ref_acc * n)}/{n})  {ref_s:.1f} s")
+    our_acc, our_s, flags = ours(model, x, y, eps, args.steps, args.targets, args.batch_size)
+    say(
         f"  birdshield cascade:   robust {our_acc:.1%} ({round(our_acc * n)}/{n})  {our_s:.1f} s  "
         f"flags: {[f['flag'] for f in flags] or 'none'}"
     )
     gap = round((ref_acc - our_acc) * n)
-    print(f"  reference - ours: {gap:+d} images; time ours/reference {our_s / ref_s:.2f}x")
+    say(f"  reference - ours: {gap:+d} images; time ours/reference {our_s / ref_s:.2f}x")
     if args.full:
         from birdshield import models
 
         twin = models.forward_twin(args.run_dir, args.device, args.runtime)
         full_acc, full_s, flags = ours(model, x, y, eps, 0, 0, args.batch_size, "full", twin)
-        print(
+        say(
             f"  birdshield --full:    robust {full_acc:.1%} ({round(full_acc * n)}/{n})  {full_s:.1f} s  "
             f"flags: {[f['flag'] for f in flags] or 'none'}"
         )
