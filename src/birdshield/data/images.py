@@ -167,8 +167,7 @@ def _shrunk(img: Image.Image, min_side: int) -> Image.Image:
     if factor < 2 or img.mode in ("1", "P"):  # 1 and P: converted at full size
         return img
     width, height = img.size
-    rows = factor * max(1, _BLOCK_ELEMENTS // (width * factor))
-    blocks = [(top, min(top + rows, height)) for top in range(0, height, rows)]
+    blocks = _row_blocks(img, multiple=factor)
     to_8bit = _scaler(img, blocks) if img.mode in _SIXTEEN_BIT else None  # reduce() takes no 16-bit modes
     out = None
     for top, bottom in blocks:
@@ -218,11 +217,16 @@ def _as_rgb(img: Image.Image) -> Image.Image:
 def _onto_white(img: Image.Image) -> Image.Image:
     """Composite onto white a block of rows at a time: an RGBA copy of a 100 MP image would take 400 MB."""
     out = Image.new("RGB", img.size, (255, 255, 255))
-    rows = max(1, _BLOCK_ELEMENTS // img.width)
-    for top in range(0, img.height, rows):
-        rgba = img.crop((0, top, img.width, min(top + rows, img.height))).convert("RGBA")
+    for top, bottom in _row_blocks(img):
+        rgba = img.crop((0, top, img.width, bottom)).convert("RGBA")
         out.paste(rgba, (0, top), mask=rgba.getchannel("A"))
     return out
+
+
+def _row_blocks(img: Image.Image, multiple: int = 1) -> list[tuple[int, int]]:
+    """(top, bottom) of blocks of about _BLOCK_ELEMENTS pixels, whole rows, a multiple of `multiple` rows."""
+    rows = multiple * max(1, _BLOCK_ELEMENTS // (img.width * multiple))
+    return [(top, min(top + rows, img.height)) for top in range(0, img.height, rows)]
 
 
 def _is_wide(img: Image.Image) -> bool:
@@ -235,8 +239,7 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     Converted a block of rows at a time, so a 100 MP image never has a full-size copy in float64 (800 MB).
     """
     width, height = img.size
-    rows = max(1, _BLOCK_ELEMENTS // width)
-    blocks = [(top, min(top + rows, height)) for top in range(0, height, rows)]
+    blocks = _row_blocks(img)
     scale = _scaler(img, blocks)
     out = np.empty((height, width), dtype=np.uint8)
     for top, bottom in blocks:
