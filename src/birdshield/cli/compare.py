@@ -30,14 +30,16 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..reporting.compare import compare_markdown, load_reports, write_comparison
+    from ..reporting.compare import compare_markdown, load_reports, merge_rows, write_comparison
 
     names = options.split_list(args.names) if args.names else [None] * len(args.reports)
     with options.usage_errors():
         if len(names) != len(args.reports):
             raise ValueError(f"--names has {len(names)} names for {len(args.reports)} report folders")
         radii = tuple(float(r) for r in options.split_list(args.radii))
-    reports = [load_reports(folder, name) for folder, name in zip(args.reports, names, strict=True)]
+    reports = merge_rows(
+        [load_reports(folder, name) for folder, name in zip(args.reports, names, strict=True)]
+    )
     print(compare_markdown(reports, radii), end="")
     if args.out:
         print(f"-> {write_comparison(reports, args.out, radii)}")

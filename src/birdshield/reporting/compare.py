@@ -99,9 +99,8 @@ def _cell(entry: dict[str, Any] | None, key: str, n: int) -> str:
 
 
 def compare_table(reports: list[Reports], radii: tuple[float, ...] = (0.25, 0.5)) -> list[str]:
-    """Markdown rows: one per report name (see merge_rows); clean, noise, ensemble per eps, transfer,
-    certified radii."""
-    reports = merge_rows(reports)
+    """Markdown rows: one per report (merge_rows first to give folders that share a name one row); clean,
+    noise, ensemble per eps, transfer, certified radii."""
     stds, ensemble, transfer = _noise_stds(reports), _threats(reports, None), _threats(reports, "transfer")
     certify = any(r.certify for r in reports)
     header = ["report", "n", "clean"] + [f"noise std {s:g}" for s in stds]
@@ -152,7 +151,7 @@ def write_comparison(reports: list[Reports], out: str | Path, radii: tuple[float
     from ..runtime import atomic_write_bytes
     from .plots import plot_comparison
 
-    out, reports = Path(out), merge_rows(reports)
+    out = Path(out)
     atomic_write_bytes(out / "compare.md", compare_markdown(reports, radii).encode())
     if any(r.evaluate and r.evaluate["ensemble"] for r in reports):
         plot_comparison([(r.name, r.evaluate) for r in reports if r.evaluate], out / "compare.png")
