@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import TINY
 
 from birdshield.cli import main
@@ -23,7 +25,7 @@ from birdshield.training.config import (
     preset_defaults,
 )
 from birdshield.training.loop import TrainState, keep_if_best
-from birdshield.training.robust import adversarial_loss, catastrophic_overfitting
+from birdshield.training.robust import Teacher, adversarial_loss, catastrophic_overfitting
 
 FAST = [*TINY, "--probe-epochs", "0", "--depth", "full", "--batch-size", "12"]
 
@@ -198,3 +200,44 @@ def test_overfitting_check_batch_survives_unreadable_sampled_images():
     assert len(y) == 64 and float(x[0, 0, 0, 0]) == pytest.approx(1 / 200)  # the first readable ones
     with pytest.raises(DataError, match="no readable training image"):
         _overfit_probe([None] * 10, cfg, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("method", ["none", "pgd", "trades"])
+def test_a_teachers_one_hot_predictions_train_as_the_labels_do(method):
+    """A teacher's soft targets take the labels' place in every loss: one-hot targets give the same loss."""
+    torch.manual_seed(0)
+    model = create_model(["a", "b", "c"], arch="test_efficientnet", weights=None, image_size=32).eval()
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 1])
+    cfg = AdvConfig(method=method, eps=0.03 if method != "none" else 0.0, steps=2, clean_weight=0.3)
+
+    def loss_of(soft: torch.Tensor | None = None) -> float:
+        return adversarial_loss(model, model, x, y, cfg, cfg.eps, seed=1, soft_targets=soft)[0].item()
+
+    assert loss_of(F.one_hot(y, 3).float()) == pytest.approx(loss_of(), rel=1e-5)
+    other = F.one_hot((y + 1) % 3, 3).float()  # a teacher that disagrees with the labels changes the loss
+    assert loss_of(other) != pytest.approx(loss_of(), rel=1e-3)
+
+
+def test_the_teacher_sees_the_students_images_at_its_own_size():
+    torch.manual_seed(0)
+    model = create_model(["a", "b"], arch="test_efficientnet", weights=None, image_size=32).eval()
+    teacher, x = Teacher(model, 32), torch.rand(2, 3, 48, 48)
+    resized = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
+    assert torch.allclose(teacher(x), model(resized), atol=1e-6)
+    assert torch.equal(teacher(resized), model(resized)) and not teacher(x).requires_grad
+
+
+def test_distillation_trains_from_a_teacher_of_the_same_species_and_refuses_others(
+    tiny_data: Path, tiny_run: Path, tmp_path: Path, capsys
+):
+    args = ["train", str(tiny_data), "--out", str(tmp_path / "student"), *FAST, "--epochs", "1"]
+    assert main([*args, "--teacher", str(tiny_run), "--adv", "pgd", "--adv-eps", "4/255"]) == 0
+    assert _meta(tmp_path / "student")["training"]["teacher"] == str(tiny_run)
+    assert f"teacher {tiny_run}: " in capsys.readouterr().out
+    stranger = tmp_path / "stranger"  # the same tree with one species fewer
+    for split in ("train", "valid", "test"):
+        for species in sorted((tiny_data / split).iterdir())[:2]:
+            shutil.copytree(species, stranger / split / species.name)
+    other = ["train", str(stranger), "--out", str(tmp_path / "other"), *FAST, "--teacher", str(tiny_run)]
+    assert main(other) == 2
+    assert "trained on other species" in capsys.readouterr().err

@@ -86,6 +86,13 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="validate and keep an exponential moving average of the weights with this decay per step "
         "(e.g. 0.99; curbs robust overfitting); 0 keeps the raw weights",
     )
+    g.add_argument(
+        "--teacher",
+        default=d.teacher,
+        metavar="RUN",
+        help="a trained run of the same species (e.g. a standard model): its class probabilities on the "
+        "clean images replace the labels in the loss (distillation; with --adv, ARD-style)",
+    )
     g = p.add_argument_group(
         "augmentation (the original project's recipe: --noise-max 0.1 --rotate 20 --shift 0.1 --shear 10 "
         "--zoom 0.1)"

@@ -96,6 +96,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
     ema_decay: float = 0.0  # validate and keep a moving average of the weights (0: the raw weights)
+    teacher: str = ""  # run directory of a trained model of the same classes: distil its predictions
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     adv: AdvConfig = field(default_factory=AdvConfig)
     seed: int = 0

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import data
-from ..models import CheckpointError, Classifier, create_model, save_checkpoint
+from ..models import CheckpointError, Classifier, create_model, load, save_checkpoint
 from ..reporting.plots import plot_training_curves
 from ..reporting.tables import csv_text
 from ..runtime import atomic_write_bytes, progress, tune_cpu_allocator
@@ -36,7 +36,7 @@ from .distributed import Dist, all_reduce, process_group
 from .optim import lr_factor, make_optimizer, set_lr
 from .probe import probe_on_cached_features
 from .resume import RESUME_FILE, load_resume, save_resume
-from .robust import adversarial_loss, catastrophic_overfitting, robust_accuracy
+from .robust import Teacher, adversarial_loss, catastrophic_overfitting, robust_accuracy
 
 
 def _set_trainable(model: Classifier, depth: str) -> None:
@@ -215,6 +215,23 @@ def _resume(
         ) from e
 
 
+def _load_teacher(
+    cfg: TrainConfig, class_names: list[str], valid_ds: data.ImageDataset, device: torch.device, d: Dist, log
+) -> Teacher:
+    """The distillation teacher, checked to know the same species in the same order; logs its accuracy on
+    the validation split as the student sees it (resized from the student's input size)."""
+    model = load(cfg.teacher, device)
+    if model.class_names != list(class_names):
+        raise data.DataError(
+            f"{cfg.teacher}: the teacher was trained on other species ({len(model.class_names)} classes, "
+            f"this data set has {len(class_names)}); distil from a run trained on the same data set"
+        )
+    teacher = Teacher(model, model.image_size)
+    valid = evaluate_loader(teacher, make_loader(valid_ds, cfg, d, False), device, cfg, d)
+    log(f"teacher {cfg.teacher}: {valid['accuracy']:.1%} on the validation split")
+    return teacher
+
+
 def _ddp(model: Classifier, device: torch.device) -> nn.Module:
     device_ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
@@ -261,11 +278,13 @@ def train_one_epoch(
     device: torch.device,
     d: Dist,
     average: WeightAverage | None = None,
+    teacher: Teacher | None = None,
 ) -> dict:
     """One pass over this rank's share of the training split (epochs count from 1 of `epochs`).
 
     `net` is what is optimised (the DDP wrapper when distributed); `model` crafts adversarial examples;
-    `average`, when given, follows `model`'s weights after every step.
+    `average`, when given, follows `model`'s weights after every step; `teacher`'s predictions on the
+    (augmented) clean images, when given, are the targets instead of the labels.
     Returns the mean training loss and accuracy over all ranks.
     """
     steps_per_epoch = math.ceil(len(train_ds) / d.world / cfg.batch_size)
@@ -286,8 +305,9 @@ def train_one_epoch(
         x = augment(x, cfg.augment, gen)
         eps = cfg.adv.eps_at(epoch - 1 + i / steps_per_epoch)
         with autocast(device, cfg):
+            soft = teacher(x).float().softmax(1) if teacher is not None else None
             loss, logits = adversarial_loss(
-                net, model, x, y, cfg.adv, eps, seed=epoch * 100_003 + i, label_smoothing=cfg.label_smoothing
+                net, model, x, y, cfg.adv, eps, epoch * 100_003 + i, cfg.label_smoothing, soft
             )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -408,13 +428,14 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> dict:
     elif cfg.resume:
         log(f"--resume: no {resume_path} yet, starting from scratch")
     net = _ddp(model, device) if d.world > 1 and epochs else model
+    teacher = _load_teacher(cfg, dataset.class_names, valid_ds, device, d, log) if cfg.teacher else None
     overfit_batch = _overfit_probe(train_ds, cfg, device) if cfg.adv.method == "fgsm" else None
 
     for epoch in range(state.epoch + 1, epochs + 1):
         if state.bad_epochs >= cfg.patience:
             break
         t0 = time.time()
-        trained = train_one_epoch(net, model, opt, train_ds, cfg, epoch, epochs, device, d, average)
+        trained = train_one_epoch(net, model, opt, train_ds, cfg, epoch, epochs, device, d, average, teacher)
         valid = validate(kept, valid_ds, cfg, device, d)
         row = _history_row(epoch, opt, trained, valid)
         if overfit_batch is not None:

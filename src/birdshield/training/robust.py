@@ -41,21 +41,25 @@ def adversarial_loss(
     eps: float,
     seed: int,
     label_smoothing: float = 0.0,
+    soft_targets: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(training loss, logits the accuracy is counted on) for one batch.
 
     `model` crafts the examples (never the DDP wrapper, whose hooks expect a parameter backward);
-    `net` computes the loss that is optimised.
+    `net` computes the loss that is optimised. `soft_targets` (a teacher's class probabilities on the
+    clean images) replace the labels in the loss: distillation, as in ARD (Goldblum et al. 2020); the
+    examples are still crafted against the labels.
     """
+    target = y if soft_targets is None else soft_targets
     if eps <= 0 or not cfg.active:
         logits = net(x)
-        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
+        return F.cross_entropy(logits, target, label_smoothing=label_smoothing), logits
     if cfg.method == "trades":
         x_adv = _trades_example(model, x, eps, cfg.steps, cfg.step_size or eps / 2, seed)
         logits_clean, logits_adv = net(torch.cat([x, x_adv])).chunk(2)
         robust = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits_clean, 1), reduction="batchmean")
         return F.cross_entropy(
-            logits_clean, y, label_smoothing=label_smoothing
+            logits_clean, target, label_smoothing=label_smoothing
         ) + cfg.trades_beta * robust, logits_adv
     steps, step = (
         (1, cfg.step_size or 1.25 * eps) if cfg.method == "fgsm" else (cfg.steps, cfg.step_size or eps / 2)
@@ -65,10 +69,27 @@ def adversarial_loss(
     )
     if cfg.clean_weight <= 0:
         logits = net(x_adv)
-        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
+        return F.cross_entropy(logits, target, label_smoothing=label_smoothing), logits
     logits_clean, logits = net(torch.cat([x, x_adv])).chunk(2)
-    loss = (1 - cfg.clean_weight) * F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-    return loss + cfg.clean_weight * F.cross_entropy(logits_clean, y, label_smoothing=label_smoothing), logits
+    loss = (1 - cfg.clean_weight) * F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+    return loss + cfg.clean_weight * F.cross_entropy(
+        logits_clean, target, label_smoothing=label_smoothing
+    ), logits
+
+
+class Teacher(nn.Module):
+    """A trained model, frozen, that takes images of any size to its own: the distillation teacher."""
+
+    def __init__(self, model: nn.Module, image_size: int):
+        super().__init__()
+        self.model, self.image_size = model.eval().requires_grad_(False), image_size
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.image_size:  # e.g. a 224 px teacher of a 160 px student
+            size = (self.image_size, self.image_size)
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return self.model(x)
 
 
 def robust_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, seed: int = 0) -> float:
