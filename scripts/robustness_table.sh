@@ -9,17 +9,8 @@
 set -euo pipefail
 D=${1:?usage: scripts/robustness_table.sh DATA [OUT]}
 O=${2:-runs/table}
-mkdir -p "$O/done"
+source "$(dirname "$0")/steps.sh"
 
-bs() { birdshield --threads "${THREADS:-0}" "$@"; }
-step() {  # NAME COMMAND...: run COMMAND once
-  local name=$1
-  shift
-  if [[ -e $O/done/$name ]]; then echo "done already: $name"; return; fi
-  echo "+ $*"
-  "$@"
-  touch "$O/done/$name"
-}
 quick() {  # NAME RUN [OPTIONS...]: evaluate --quick, then the transfer attack from Lite1
   local name=$1 run=$2
   shift 2

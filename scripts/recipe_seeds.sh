@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# A training recipe as issue 12 judges one: trained with two seeds, each model under the full ensemble at
+# Linf 2/255 and 4/255 on the test split, the seeds side by side with `compare`.
+#
+#   scripts/recipe_seeds.sh DATA OUT [TRAIN OPTIONS...]
+#   e.g. scripts/recipe_seeds.sh ../shared/data/birds-mini runs/robust-cpu --preset robust-cpu --ema-decay 0.99
+#
+# OUT/sN holds seed N's run (history.csv's `seconds` sum to its training time), OUT/reports/sN its report,
+# OUT/compare.md the table. Steps are recorded in OUT/done/ and resume, so a killed run goes on.
+# SEEDS="0 1 2" changes the seeds; THREADS=N sets birdshield --threads. On a 2-core CPU each seed is
+# about an hour of training and more than an hour of `evaluate --full`: a GPU makes it minutes.
+set -euo pipefail
+D=${1:?usage: scripts/recipe_seeds.sh DATA OUT [TRAIN OPTIONS...]}
+O=${2:?usage: scripts/recipe_seeds.sh DATA OUT [TRAIN OPTIONS...]}
+shift 2
+source "$(dirname "$0")/steps.sh"
+
+names=() reports=()
+for seed in ${SEEDS:-0 1}; do
+  step "train-s$seed" bs train "$D" --out "$O/s$seed" --seed "$seed" --resume "$@"
+  step "evaluate-s$seed" bs evaluate "$O/s$seed" "$D" --full --eps 2/255,4/255 --corruptions none \
+    --noise-std none --out "$O/reports/s$seed" --resume
+  names+=("seed $seed") reports+=("$O/reports/s$seed")
+done
+bs compare --out "$O" --names "$(IFS=,; echo "${names[*]}")" "${reports[@]}"
