@@ -241,3 +241,16 @@ def test_distillation_trains_from_a_teacher_of_the_same_species_and_refuses_othe
     other = ["train", str(stranger), "--out", str(tmp_path / "other"), *FAST, "--teacher", str(tiny_run)]
     assert main(other) == 2
     assert "trained on other species" in capsys.readouterr().err
+
+
+def test_an_automatic_teacher_is_trained_first_then_reused_on_resume(tiny_data: Path, tmp_path: Path, capsys):
+    out = tmp_path / "student"
+    args = ["train", str(tiny_data), "--out", str(out), *FAST, "--epochs", "1", "--teacher", "auto"]
+    assert main(args) == 0
+    teacher = _meta(out / "teacher")
+    assert teacher["training"]["augment"]["noise_max"] == 0.2 and teacher["arch"] == "test_efficientnet"
+    assert _meta(out)["training"]["teacher"] == str(out / "teacher")
+    assert "epoch 6/6" in capsys.readouterr().out  # the teacher's own training
+    assert main([*args, "--resume"]) == 0  # the finished teacher is resumed, not trained again
+    again = capsys.readouterr().out
+    assert "epoch 1/6" not in again and f"teacher {out / 'teacher'}: " in again

@@ -91,7 +91,8 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=d.teacher,
         metavar="RUN",
         help="a trained run of the same species (e.g. a standard model): its class probabilities on the "
-        "clean images replace the labels in the loss (distillation; with --adv, ARD-style)",
+        "clean images replace the labels in the loss (distillation; with --adv, ARD-style); 'auto' first "
+        "trains one in OUT/teacher (--noise-max 0.2, a few CPU minutes)",
     )
     g = p.add_argument_group(
         "augmentation (the original project's recipe: --noise-max 0.1 --rotate 20 --shift 0.1 --shear 10 "

@@ -96,7 +96,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
     ema_decay: float = 0.0  # validate and keep a moving average of the weights (0: the raw weights)
-    teacher: str = ""  # run directory of a trained model of the same classes: distil its predictions
+    teacher: str = ""  # run of the same classes whose predictions are distilled; "auto": train one first
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     adv: AdvConfig = field(default_factory=AdvConfig)
     seed: int = 0
@@ -147,6 +147,20 @@ def config_from_options(data: str, out: str, **options: Any) -> TrainConfig:
         nested[group][field_name] = value
     return TrainConfig(
         data, out, augment=AugmentConfig(**nested["augment"]), adv=AdvConfig(**nested["adv"]), **nested[""]
+    )
+
+
+# `--teacher auto` trains the teacher first, into OUT/teacher, with this recipe: noise training, whose
+# model predicted birds-mini's validation split best of the three clean candidates measured (97.3%;
+# the 2-epoch standard model 96.0%, Lite1 96.7%).
+AUTO_TEACHER: dict[str, Any] = {"noise_max": 0.2}
+
+
+def auto_teacher_config(cfg: TrainConfig) -> TrainConfig:
+    """The config of `cfg`'s automatic teacher: same data, backbone, seed and machine; resumable."""
+    shared = ("arch", "weights", "seed", "device", "workers", "strict", "feature_cache", "amp")
+    return config_from_options(
+        cfg.data, f"{cfg.out}/teacher", **AUTO_TEACHER, **{k: getattr(cfg, k) for k in shared}, resume=True
     )
 
 

@@ -31,7 +31,7 @@ from ..stats import ci95_of
 from .augment import augment
 from .average import WeightAverage
 from .batches import autocast, make_loader, to_device
-from .config import TrainConfig
+from .config import TrainConfig, auto_teacher_config
 from .distributed import Dist, all_reduce, process_group
 from .optim import lr_factor, make_optimizer, set_lr
 from .probe import probe_on_cached_features
@@ -382,6 +382,11 @@ def train(cfg: TrainConfig) -> dict:
 
 def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> dict:
     out, log = Path(cfg.out), print if d.main else _silent
+    if cfg.teacher == "auto":  # trained first (or resumed, a no-op once finished), then distilled
+        teacher_cfg = auto_teacher_config(cfg)
+        log(f"--teacher auto: training the teacher in {teacher_cfg.out} first")
+        _train(teacher_cfg, d, device)
+        cfg = replace(cfg, teacher=teacher_cfg.out)
     torch.manual_seed(cfg.seed)
 
     dataset = _discover(cfg)
