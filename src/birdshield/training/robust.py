@@ -51,16 +51,18 @@ def adversarial_loss(
     examples are still crafted against the labels.
     """
     target = y if soft_targets is None else soft_targets
+
+    def loss_on(logits: Tensor) -> Tensor:
+        return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+
     if eps <= 0 or not cfg.active:
         logits = net(x)
-        return F.cross_entropy(logits, target, label_smoothing=label_smoothing), logits
+        return loss_on(logits), logits
     if cfg.method == "trades":
         x_adv = _trades_example(model, x, eps, cfg.steps, cfg.step_size or eps / 2, seed)
         logits_clean, logits_adv = net(torch.cat([x, x_adv])).chunk(2)
         robust = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits_clean, 1), reduction="batchmean")
-        return F.cross_entropy(
-            logits_clean, target, label_smoothing=label_smoothing
-        ) + cfg.trades_beta * robust, logits_adv
+        return loss_on(logits_clean) + cfg.trades_beta * robust, logits_adv
     steps, step = (
         (1, cfg.step_size or 1.25 * eps) if cfg.method == "fgsm" else (cfg.steps, cfg.step_size or eps / 2)
     )
@@ -69,12 +71,9 @@ def adversarial_loss(
     )
     if cfg.clean_weight <= 0:
         logits = net(x_adv)
-        return F.cross_entropy(logits, target, label_smoothing=label_smoothing), logits
+        return loss_on(logits), logits
     logits_clean, logits = net(torch.cat([x, x_adv])).chunk(2)
-    loss = (1 - cfg.clean_weight) * F.cross_entropy(logits, target, label_smoothing=label_smoothing)
-    return loss + cfg.clean_weight * F.cross_entropy(
-        logits_clean, target, label_smoothing=label_smoothing
-    ), logits
+    return (1 - cfg.clean_weight) * loss_on(logits) + cfg.clean_weight * loss_on(logits_clean), logits
 
 
 class Teacher(nn.Module):
