@@ -361,9 +361,10 @@ def test_evaluate_cli(tiny_run: Path, tiny_data: Path, tmp_path: Path, capsys: p
     out = tmp_path / "report"
     argv = ["evaluate", str(tiny_run), str(tiny_data), "--out", str(out), "--attacks", "fgsm,pgd,square"]
     argv += ["--eps", "0,2/255,8/255", "--steps", "3", "--square-queries", "20", "--n-images", "9"]
-    argv += ["--corruptions", "gaussian_noise", "--severities", "1", "--noise-std", "0.1"]
+    argv += ["--corruptions", "gaussian_noise", "--severities", "1", "--noise-std", "0.1", "--targets", "2"]
     assert main([*argv, "--surrogate", str(tiny_run)]) == 0
     report = json.loads((out / "report.json").read_text())
+    assert report["config"]["n_target_classes"] == 2 and report["config"]["square_queries"] == 20
     assert report["n"] == 9 and report["split"] == "test" and report["model"]["run_dir"] == str(tiny_run)
     assert report["ensemble"][0]["robust_accuracy"] == report["clean_accuracy"]
     assert report["trained_against"]["adversarial"]["method"] == "none"

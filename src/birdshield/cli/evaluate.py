@@ -53,6 +53,9 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, help="iterations of every iterative attack")
     g.add_argument("--restarts", type=int, help="PGD random restarts")
     g.add_argument("--square-queries", type=int, help="Square attack queries per image")
+    g.add_argument(
+        "--targets", type=int, help="APGD-T: the top wrong classes tried as targets (AutoAttack's: 9)"
+    )
     g.add_argument("--surrogate", help="run directory of a surrogate model: adds a transfer attack")
     g.add_argument(
         "--independent",
@@ -111,6 +114,7 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         for key, field in (
             ("restarts", "restarts"),
             ("square_queries", "square_queries"),
+            ("targets", "n_target_classes"),
             ("n_images", "n"),
             ("seed", "seed"),
             ("batch_size", "batch_size"),
