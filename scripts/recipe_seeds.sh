@@ -3,7 +3,7 @@
 # Linf 2/255 and 4/255 on the test split, the seeds side by side with `compare`.
 #
 #   scripts/recipe_seeds.sh DATA OUT [TRAIN OPTIONS...]
-#   e.g. scripts/recipe_seeds.sh ../shared/data/birds-mini runs/robust-cpu --preset robust-cpu --ema-decay 0.99
+#   e.g. scripts/recipe_seeds.sh ../shared/data/birds-mini runs/robust-cpu --preset robust-cpu
 #
 # OUT/sN holds seed N's run (history.csv's `seconds` sum to its training time), OUT/reports/sN its report,
 # OUT/compare.md the table. Steps are recorded in OUT/done/ and resume, so a killed run goes on.

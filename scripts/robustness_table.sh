@@ -3,7 +3,8 @@
 #
 #   scripts/robustness_table.sh DATA [OUT]      DATA: birds-mini; OUT: runs and reports (default runs/table)
 #
-# About 2.5 hours on a 2-core CPU, most of it robust training (~25 min), its evaluation and `certify`.
+# About 4 hours on a 2-core CPU, most of it the two robust trainings (~1 h each), their evaluation and
+# `certify`.
 # Each step records that it finished in OUT/done/, and training and evaluation resume, so a killed run
 # goes on where it stopped when started again. THREADS=N sets birdshield --threads (default: torch's).
 set -euo pipefail
@@ -37,15 +38,18 @@ quick noise "$O/noise"
 step train-smoothing bs train "$D" --out "$O/smoothing" --preset smoothing --resume
 quick smoothing "$O/smoothing"
 certify smoothing-certify "$O/smoothing"
-step train-robust bs train "$D" --out "$O/robust" --preset robust-cpu --ema-decay 0.99 --resume
+step train-robust bs train "$D" --out "$O/robust" --preset robust-cpu-v1 --ema-decay 0.99 --resume
 quick robust "$O/robust"
+step train-robust-cpu bs train "$D" --out "$O/robust-cpu" --preset robust-cpu --resume  # + its teacher
+quick robust-cpu "$O/robust-cpu"
 
 r=$O/reports
 bs compare --out "$O" --radii 0.25,0.5 \
   --names "standard,standard,standard + jpeg 75,standard + jpeg 75,standard + bits 4,standard + bits 4,\
-standard + median 3,standard + median 3,noise-trained,noise-trained,robust-cpu + EMA,robust-cpu + EMA,smoothing (base),\
-smoothing (base),smoothing + certify" \
+standard + median 3,standard + median 3,noise-trained,noise-trained,robust-cpu-v1 + EMA,robust-cpu-v1 + EMA,robust-cpu,robust-cpu,\
+smoothing (base),smoothing (base),smoothing + certify" \
   "$r/standard" "$r/standard-transfer" "$r/standard-jpeg" "$r/standard-jpeg-transfer" \
   "$r/standard-bits" "$r/standard-bits-transfer" "$r/standard-median" "$r/standard-median-transfer" \
-  "$r/noise" "$r/noise-transfer" "$r/robust" "$r/robust-transfer" "$r/smoothing" "$r/smoothing-transfer" \
+  "$r/noise" "$r/noise-transfer" "$r/robust" "$r/robust-transfer" "$r/robust-cpu" "$r/robust-cpu-transfer" \
+  "$r/smoothing" "$r/smoothing-transfer" \
   "$r/smoothing-certify"

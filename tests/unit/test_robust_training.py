@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
@@ -99,28 +99,13 @@ def test_robust_selection_keeps_the_robust_best_not_the_clean_best(tmp_path: Pat
     assert kept == [True, True] and plain.best_score == 1
 
 
-def test_preset_sets_defaults_and_explicit_options_win(tiny_data: Path, tmp_path: Path):
-    assert (
-        main(
-            [
-                "train",
-                str(tiny_data),
-                "--out",
-                str(tmp_path),
-                *FAST,
-                "--preset",
-                "robust-cpu",
-                "--epochs",
-                "1",
-                "--adv-steps",
-                "1",
-            ]
-        )
-        == 0
-    )
+def test_preset_sets_defaults_and_explicit_options_win(tiny_data: Path, tiny_run: Path, tmp_path: Path):
+    args = ["train", str(tiny_data), "--out", str(tmp_path), *FAST, "--preset", "robust-cpu", "--epochs", "1"]
+    assert main([*args, "--adv-steps", "1", "--teacher", str(tiny_run)]) == 0
     training = _meta(tmp_path)["training"]
     assert training["adv"]["method"] == "pgd" and training["adv"]["select"] == "robust"
-    assert training["epochs"] == 1 and training["adv"]["steps"] == 1
+    assert training["ema_decay"] == 0.99  # the preset's
+    assert training["epochs"] == 1 and training["adv"]["steps"] == 1 and training["teacher"] == str(tiny_run)
 
 
 def test_from_preset_sets_the_recipe_and_explicit_options_win():
@@ -130,6 +115,9 @@ def test_from_preset_sets_the_recipe_and_explicit_options_win():
     assert cfg.adv.method == "pgd" and cfg.adv.eps == pytest.approx(4 / 255) and cfg.adv.select == "robust"
     assert cfg.adv.warmup_epochs == 2 and cfg.warmup_epochs == 1.0  # adv_warmup_epochs is eps's, not the LR's
     assert cfg.adv.steps == 1 and cfg.epochs == 2  # explicit options win over the preset's 3 and 20
+    assert cfg.teacher == "auto" and cfg.ema_decay == 0.99
+    v1 = TrainConfig.from_preset("robust-cpu-v1", data="d", out="o", adv_steps=1, epochs=2)
+    assert (v1.teacher, v1.ema_decay) == ("", 0.0) and replace(cfg, teacher="", ema_decay=0.0) == v1
 
 
 def test_preset_defaults_are_the_flat_options_the_preset_gives():

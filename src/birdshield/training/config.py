@@ -182,6 +182,19 @@ class Preset:
     overrides: dict[str, Any]  # flat option name (FLAT_FIELDS) -> value; explicit options still win
 
 
+ROBUST_CPU_V1: dict[str, Any] = {
+    "image_size": 160,
+    "adv_method": "pgd",
+    "adv_eps": 4 / 255,
+    "adv_steps": 3,
+    "adv_warmup_epochs": 2,
+    "depth": "full",
+    "epochs": 20,
+    "patience": 6,
+    "select": "robust",
+    "label_smoothing": 0.0,
+}
+
 # Named recipes for `birdshield train --preset NAME` and TrainConfig.from_preset(NAME, ...).
 PRESETS: dict[str, Preset] = {
     "original": Preset(
@@ -198,20 +211,14 @@ PRESETS: dict[str, Preset] = {
         },
     ),
     "robust-cpu": Preset(
+        "robust-cpu-v1 distilled from a noise-trained teacher it trains first (--teacher auto), with "
+        "weight averaging (--ema-decay 0.99)",
+        {**ROBUST_CPU_V1, "teacher": "auto", "ema_decay": 0.99},
+    ),
+    "robust-cpu-v1": Preset(
         "PGD-3 adversarial training at Linf 4/255 on 160 px inputs (half the cost of 224), eps warm-up, "
         "full fine-tune, robust selection",
-        {
-            "image_size": 160,
-            "adv_method": "pgd",
-            "adv_eps": 4 / 255,
-            "adv_steps": 3,
-            "adv_warmup_epochs": 2,
-            "depth": "full",
-            "epochs": 20,
-            "patience": 6,
-            "select": "robust",
-            "label_smoothing": 0.0,
-        },
+        ROBUST_CPU_V1,
     ),
     "smoothing": Preset(
         "Gaussian noise of sigma 0.25: the base model of randomized smoothing (certify --sigma 0.25)",
