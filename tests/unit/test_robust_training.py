@@ -209,7 +209,7 @@ def test_a_teachers_one_hot_predictions_train_as_the_labels_do(method):
 def test_the_teacher_sees_the_students_images_at_its_own_size():
     torch.manual_seed(0)
     model = create_model(["a", "b"], arch="test_efficientnet", weights=None, image_size=32).eval()
-    teacher, x = Teacher(model, 32), torch.rand(2, 3, 48, 48)
+    teacher, x = Teacher(model), torch.rand(2, 3, 48, 48)
     resized = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
     assert torch.allclose(teacher(x), model(resized), atol=1e-6)
     assert torch.equal(teacher(resized), model(resized)) and not teacher(x).requires_grad

@@ -226,7 +226,7 @@ def _load_teacher(
             f"{cfg.teacher}: the teacher was trained on other species ({len(model.class_names)} classes, "
             f"this data set has {len(class_names)}); distil from a run trained on the same data set"
         )
-    teacher = Teacher(model, model.image_size)
+    teacher = Teacher(model)
     valid = evaluate_loader(teacher, make_loader(valid_ds, cfg, d, False), device, cfg, d)
     log(f"teacher {cfg.teacher}: {valid['accuracy']:.1%} on the validation split")
     return teacher

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ..attacks import pgd
 from ..attacks.base import project, sealed
+from ..models import Classifier
 from .config import AdvConfig
 
 
@@ -79,9 +80,9 @@ def adversarial_loss(
 class Teacher(nn.Module):
     """A trained model, frozen, that takes images of any size to its own: the distillation teacher."""
 
-    def __init__(self, model: nn.Module, image_size: int):
+    def __init__(self, model: Classifier):
         super().__init__()
-        self.model, self.image_size = model.eval().requires_grad_(False), image_size
+        self.model, self.image_size = model.eval().requires_grad_(False), model.image_size
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
