@@ -61,6 +61,10 @@ def test_adversarial_training_is_recorded_and_selects_on_robust_accuracy(
     assert meta["trained_against"]["adversarial"]["eps"] == pytest.approx(8 / 255)
     history = list(csv.DictReader((tmp_path / "history.csv").open(newline="")))
     assert ("train_pgd_accuracy" in history[0]) == (method == "fgsm")
+    for row in history:  # every accuracy of the history carries its 95% interval
+        for key in [k for k in row if k.endswith("accuracy")]:
+            low, accuracy, high = (float(row[key + end]) for end in ("_ci95_low", "", "_ci95_high"))
+            assert 0 <= low <= accuracy <= high <= 1
     robust = [float(row["valid_robust_accuracy"]) for row in history]
     best = robust.index(max(robust))  # the first epoch reaching the best robust accuracy is kept
     assert meta["metrics"]["epoch"] == int(history[best]["epoch"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from contextlib import contextmanager
+from math import nan
 from pathlib import Path
 from typing import Any
 
@@ -68,20 +69,21 @@ def plot_training_curves(history: list[dict], path: str | Path) -> None:
     epochs = [h["epoch"] for h in history]
     with _figure(path, (10, 4), 1, 2) as (ax_acc, ax_loss):
         for split in ("train", "valid"):
-            ax_acc.plot(epochs, [100 * h[f"{split}_accuracy"] for h in history], marker="o", label=split)
             ax_loss.plot(epochs, [h[f"{split}_loss"] for h in history], marker="o", label=split)
-        if all("valid_accuracy_ci95_low" in h for h in history):
-            low = [100 * h["valid_accuracy_ci95_low"] for h in history]
-            high = [100 * h["valid_accuracy_ci95_high"] for h in history]
-            ax_acc.fill_between(epochs, low, high, color="C1", alpha=0.15, label="valid 95% CI")
-        for key, label in (
-            ("valid_robust_accuracy", "valid, PGD"),
-            ("train_pgd_accuracy", "train batch, PGD"),
+        for key, label, marker in (
+            ("train_accuracy", "train", "o"),
+            ("valid_accuracy", "valid", "o"),
+            ("valid_robust_accuracy", "valid, PGD", "s"),
+            ("train_pgd_accuracy", "train batch, PGD", "s"),
         ):
-            if key in history[-1]:
-                ys = [100 * h.get(key, float("nan")) for h in history]
-                ax_acc.plot(epochs, ys, marker="s", label=label)
-        ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+            if key not in history[-1]:
+                continue
+            ys = [100 * h.get(key, nan) for h in history]
+            (line,) = ax_acc.plot(epochs, ys, marker=marker, label=label)
+            if all(f"{key}_ci95_low" in h for h in history):  # the 95% interval as a band (older runs: none)
+                low, high = ([100 * h[f"{key}_ci95_{end}"] for h in history] for end in ("low", "high"))
+                ax_acc.fill_between(epochs, low, high, color=line.get_color(), alpha=0.15)
+        ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy (bands: 95% interval)")
         ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
         ax_acc.legend()
         ax_loss.legend()

@@ -318,7 +318,7 @@ def train_one_epoch(
         correct += (logits.argmax(1) == y).sum().item()
         n += len(y)
     loss_sum, correct, n = all_reduce([loss_sum, correct, n], d, device)
-    return {"loss": loss_sum / max(n, 1), "accuracy": correct / max(n, 1)}
+    return {"loss": loss_sum / max(n, 1), "accuracy": correct / max(n, 1), "n": int(n)}
 
 
 def validate(
@@ -342,20 +342,25 @@ def keep_if_best(
     return improved
 
 
+def _with_ci(name: str, accuracy: float, n: int) -> dict:
+    """An accuracy column and its 95% interval: a few hundred images make noisy epochs."""
+    low, high = ci95_of(accuracy, n)
+    return {name: accuracy, f"{name}_ci95_low": low, f"{name}_ci95_high": high}
+
+
 def _history_row(epoch: int, opt: torch.optim.Optimizer, trained: dict, valid: dict) -> dict:
     row = {
         "epoch": epoch,
         "lr": opt.param_groups[-1]["lr"],
         "train_loss": trained["loss"],
-        "train_accuracy": trained["accuracy"],
+        "train_n": trained["n"],
+        **_with_ci("train_accuracy", trained["accuracy"], trained["n"]),
         "valid_loss": valid["loss"],
-        "valid_accuracy": valid["accuracy"],
-        "valid_n": valid["n"],  # with the 95% interval: a few hundred valid images make noisy epochs
-        "valid_accuracy_ci95_low": (ci := ci95_of(valid["accuracy"], valid["n"]))[0],
-        "valid_accuracy_ci95_high": ci[1],
+        "valid_n": valid["n"],
+        **_with_ci("valid_accuracy", valid["accuracy"], valid["n"]),
     }
     if "robust_accuracy" in valid:
-        row["valid_robust_accuracy"] = valid["robust_accuracy"]
+        row.update(_with_ci("valid_robust_accuracy", valid["robust_accuracy"], valid["n"]))
     return row
 
 
@@ -446,7 +451,8 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> dict:
         if overfit_batch is not None:
             # averaged over ranks (their batch norm statistics differ): all must agree on stopping
             pgd_acc = robust_accuracy(model, *overfit_batch, cfg.adv.eps, steps=10)
-            row["train_pgd_accuracy"] = all_reduce([pgd_acc], d, device)[0] / d.world
+            pgd_acc = all_reduce([pgd_acc], d, device)[0] / d.world
+            row.update(_with_ci("train_pgd_accuracy", pgd_acc, len(overfit_batch[1])))
         row["seconds"] = round(time.time() - t0, 2)
         state.history.append(row)
         if catastrophic_overfitting(state.history):  # checked first: an overfitted epoch is never the best
