@@ -119,9 +119,10 @@ def test_from_preset_sets_the_recipe_and_explicit_options_win():
     assert cfg.adv.method == "pgd" and cfg.adv.eps == pytest.approx(4 / 255) and cfg.adv.select == "robust"
     assert cfg.adv.warmup_epochs == 2 and cfg.warmup_epochs == 1.0  # adv_warmup_epochs is eps's, not the LR's
     assert cfg.adv.steps == 1 and cfg.epochs == 2  # explicit options win over the preset's 3 and 20
-    assert cfg.teacher == "auto" and cfg.ema_decay == 0.99
+    assert cfg.teacher == "auto" and cfg.ema_decay == 0.99 and cfg.backbone_lr == 5e-4
     v1 = TrainConfig.from_preset("robust-cpu-v1", data="d", out="o", adv_steps=1, epochs=2)
-    assert (v1.teacher, v1.ema_decay) == ("", 0.0) and replace(cfg, teacher="", ema_decay=0.0) == v1
+    assert (v1.teacher, v1.ema_decay, v1.backbone_lr) == ("", 0.0, 2e-4)
+    assert replace(cfg, teacher="", ema_decay=0.0, backbone_lr=2e-4) == v1
 
 
 def test_preset_defaults_are_the_flat_options_the_preset_gives():
