@@ -13,6 +13,7 @@ import os
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -130,12 +131,22 @@ def progress(iterable: Iterable, **kwargs: Any) -> tqdm:
 
 @contextlib.contextmanager
 def stage_progress(desc: str) -> Iterator[Callable[[str, int, int | None], None]]:
-    """A progress bar driven by `on_progress(stage, images_done, total)` callbacks (evaluate, certify)."""
+    """A progress bar driven by `on_progress(stage, images_done, total)` callbacks (evaluate, certify).
+
+    Off a terminal (a log file, nohup) the bar is silent, so each new stage is printed as one line
+    instead: an hours-long job in a log still says where it is.
+    """
     bar = progress(None, desc=desc, unit="img")
+    start, last = time.perf_counter(), [""]
 
     def update(stage: str, done: int, total: int | None) -> None:
         bar.total, bar.n = total, done
         bar.set_description_str(stage)
+        if bar.disable and stage != last[0]:
+            last[0] = stage
+            of = f"/{total}" if total is not None else ""
+            minutes = (time.perf_counter() - start) / 60
+            print(f"{desc}: {stage} ({done}{of} images done, {minutes:.1f} min)", file=sys.stderr, flush=True)
 
     try:
         yield update

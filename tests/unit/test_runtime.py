@@ -1,4 +1,4 @@
-"""Process-level settings: the glibc allocator fix keeps large freed buffers mapped."""
+"""Process-level settings: the glibc allocator keeps large freed buffers mapped; progress off a terminal."""
 
 from __future__ import annotations
 
@@ -69,3 +69,16 @@ def test_memory_a_thread_frees_is_reused_by_the_main_thread() -> None:
     out = subprocess.run([sys.executable, "-c", _SHARED_ARENA], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) < 1_000  # 300 MB = 77k pages: the thread's freed block was reused
+
+
+def test_stage_progress_prints_one_line_per_stage_off_a_terminal(capsys: pytest.CaptureFixture) -> None:
+    from birdshield.runtime import stage_progress
+
+    with stage_progress("evaluate") as update:
+        update("pgd eps=2/255", 0, 64)
+        update("pgd eps=2/255", 0, 64)  # the same stage again: no new line
+        update("square eps=2/255", 32, 64)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("evaluate: pgd eps=2/255 (0/64 images done")
+    assert lines[1].startswith("evaluate: square eps=2/255 (32/64 images done")
