@@ -137,13 +137,14 @@ def stage_progress(desc: str) -> Iterator[Callable[[str, int, int | None], None]
     instead: an hours-long job in a log still says where it is.
     """
     bar = progress(None, desc=desc, unit="img")
-    start, last = time.perf_counter(), [""]
+    start, last = time.perf_counter(), ""
 
     def update(stage: str, done: int, total: int | None) -> None:
+        nonlocal last
         bar.total, bar.n = total, done
         bar.set_description_str(stage)
-        if bar.disable and stage != last[0]:
-            last[0] = stage
+        if bar.disable and stage != last:
+            last = stage
             of = f"/{total}" if total is not None else ""
             minutes = (time.perf_counter() - start) / 60
             print(f"{desc}: {stage} ({done}{of} images done, {minutes:.1f} min)", file=sys.stderr, flush=True)
