@@ -9,8 +9,8 @@
 # OUT/compare.md the table. Steps are recorded in OUT/done/ and resume, so a killed run goes on.
 # SEEDS="0 1 2" changes the seeds; THREADS=N sets birdshield --threads. On a 2-core CPU each seed is
 # about an hour of training and, for robust-cpu, about 30 min of `evaluate --full` per 32 images per eps at
-# one thread (2 h 41 min for 2/255 on 150 photos beside another job, most of it APGD-T on 9 targets and Square-5000 on the images
-# still robust): a GPU makes it minutes.
+# one thread (2 h 41 min for 2/255 on 150 photos beside another job, most of it APGD-T on 9 targets and
+# Square-5000 on the images still robust): a GPU makes it minutes.
 set -euo pipefail
 D=${1:?usage: scripts/recipe_seeds.sh DATA OUT [TRAIN OPTIONS...]}
 O=${2:?usage: scripts/recipe_seeds.sh DATA OUT [TRAIN OPTIONS...]}
