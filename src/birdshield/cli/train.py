@@ -139,7 +139,8 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--preset",
         choices=sorted(PRESETS),
         help="named recipe; explicit options still win: "
-        + "; ".join(f"{name}: {preset.doc}" for name, preset in sorted(PRESETS.items())),
+        # argparse %-formats help: a doc's own % signs are escaped
+        + "; ".join(f"{name}: {preset.doc}" for name, preset in sorted(PRESETS.items())).replace("%", "%%"),
     )
     g.add_argument(
         "--adv",
