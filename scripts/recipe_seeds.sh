@@ -9,11 +9,11 @@
 # OUT/compare.md the table. Steps are recorded in OUT/done/ and resume, so a killed run goes on.
 # SEEDS="0 1 2" changes the seeds; THREADS=N sets birdshield --threads; EVAL="OPTIONS" replaces `--full`,
 # e.g. EVAL="--attacks apgd-ce,apgd-t --steps 100 --targets 3", the reference AutoAttack's pair: a screen in
-# a fifth of the time (29 min at 2/255 on robust-cpu seed 0, where it left the same 95/150 as --full).
-# On a 2-core CPU a robust-cpu seed trains in 43 min alone (teacher included; about an hour beside another
-# job) and takes about 30 min of `evaluate --full` per 32 images per eps at one thread (2 h 41 min for 2/255
-# on 150 photos beside another job, most of it APGD-T on 9 targets and Square-5000 on the images still
-# robust): a GPU makes it minutes.
+# a fifth of the time (29 min at 2/255 on robust-cpu-lite0 seed 0, where it left the same 95/150 as --full).
+# On a 2-core CPU a robust-cpu seed trains in 37 min alone (robust-cpu-lite0 in 43; teacher included; about
+# an hour beside another job) and takes about 30 min of `evaluate --full` per 32 images per eps at one
+# thread (2 h 41 min for 2/255 on 150 photos beside another job, most of it APGD-T on 9 targets and
+# Square-5000 on the images still robust): a GPU makes it minutes.
 set -euo pipefail
 D=${1:?usage: scripts/recipe_seeds.sh DATA OUT [TRAIN OPTIONS...]}
 O=${2:?usage: scripts/recipe_seeds.sh DATA OUT [TRAIN OPTIONS...]}

@@ -40,14 +40,14 @@ quick smoothing "$O/smoothing"
 certify smoothing-certify "$O/smoothing"
 step train-robust bs train "$D" --out "$O/robust" --preset robust-cpu-v1 --ema-decay 0.99 --resume
 quick robust "$O/robust"
-step train-robust-cpu bs train "$D" --out "$O/robust-cpu" --preset robust-cpu --resume  # + its teacher
+step train-robust-cpu bs train "$D" --out "$O/robust-cpu" --preset robust-cpu-lite0 --resume  # + its teacher
 quick robust-cpu "$O/robust-cpu"
 
 r=$O/reports
 bs compare --out "$O" --radii 0.25,0.5 \
   --names "standard,standard,standard + jpeg 75,standard + jpeg 75,standard + bits 4,standard + bits 4,\
-standard + median 3,standard + median 3,noise-trained,noise-trained,robust-cpu-v1 + EMA,robust-cpu-v1 + EMA,robust-cpu,robust-cpu,\
-smoothing (base),smoothing (base),smoothing + certify" \
+standard + median 3,standard + median 3,noise-trained,noise-trained,robust-cpu-v1 + EMA,robust-cpu-v1 + EMA,\
+robust-cpu-lite0,robust-cpu-lite0,smoothing (base),smoothing (base),smoothing + certify" \
   "$r/standard" "$r/standard-transfer" "$r/standard-jpeg" "$r/standard-jpeg-transfer" \
   "$r/standard-bits" "$r/standard-bits-transfer" "$r/standard-median" "$r/standard-median-transfer" \
   "$r/noise" "$r/noise-transfer" "$r/robust" "$r/robust-transfer" "$r/robust-cpu" "$r/robust-cpu-transfer" \
