@@ -9,9 +9,10 @@
 #
 # BIRDSHIELD_SHARED is where data/ and peers/ are. On a bare machine the repo's src runs with the weight
 # packages carried as wheels in .whl/. Measured on an H200 (session 12): the default three trained side by
-# side in 288 and 316 s (Lite1, early stops) while Lite2 was stopped at TRAIN_CAP in epoch 19 of 30, the GPU
-# mostly idle (the runs are bound by their Python and data loading); --full at 2/255 took 229 s for a Lite1
-# beside the others and 79 s alone. robust-gpu alone needs a call of its own: `bash scripts/gpu_recipes.sh
+# side in 288 and 316 s (Lite1) while Lite2 was stopped at TRAIN_CAP in epoch 19 of 30; the GPU sat near idle
+# for the first 4 minutes (teachers, feature caches, first epochs at 33-57 s where later ones took 5-9 s) and
+# busy from then on (nvidia-smi dmon in $OUT/dmon.log); --full at 2/255 took 229 s for a Lite1 beside the
+# others and 79 s alone. robust-gpu alone needs a call of its own: `bash scripts/gpu_recipes.sh
 # robust-gpu-s0`.
 set -u
 export PYTHONUNBUFFERED=1
