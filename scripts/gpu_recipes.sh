@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Issue 12's GPU check, sized for one lent GPU and one 9-minute call: trains the named runs side by side on
-# one GPU, evaluates each with the --full ensemble (2/255, then 4/255) and cross-checks the robust-cpu recipe
-# on Lite1 against the reference AutoAttack. Every stage stops by DEADLINE seconds; what finished is packed
+# one GPU, evaluates each with the --full ensemble (2/255, then 4/255) and cross-checks the robust-cpu runs
+# against the reference AutoAttack. Every stage stops by DEADLINE seconds; what finished is packed
 # into $OUT/results.tgz (reports, histories, logs; no weights).
 #
-#   OUT=/tmp/gpu bash scripts/gpu_recipes.sh [RUN...]   # default: robust-gpu-s0 lite1-s0 lite1-s1
+#   OUT=/tmp/gpu bash scripts/gpu_recipes.sh [RUN...]   # default: robust-gpu-s0 robust-cpu-s0 robust-cpu-s1
 #   OUT=/tmp/gpu TINY=1 DEVICE=cpu DATA=SMALL_SET bash scripts/gpu_recipes.sh   # rehearse the script itself
 #
 # BIRDSHIELD_SHARED is where data/ and peers/ are. On a bare machine the repo's src runs with the weight
@@ -73,18 +73,16 @@ pipeline() {
     fi
 }
 
-# Runs named NAME-sSEED; robust-cpu-s* needs Lite0's weight wheel carried too (over the 64 MiB a call takes
-# beside birds-mini and the Lite1 and Lite2 wheels).
-LITE1=tf_efficientnet_lite1
+# Runs named PRESET-sSEED, trained in fp32 as a CPU trains except robust-gpu (bf16). robust-cpu-lite0-s*
+# needs Lite0's weight wheel carried too (over the 64 MiB a call takes beside birds-mini and Lite1/Lite2's).
 runs=("$@")
-[ ${#runs[@]} -gt 0 ] || runs=(robust-gpu-s0 lite1-s0 lite1-s1)
+[ ${#runs[@]} -gt 0 ] || runs=(robust-gpu-s0 robust-cpu-s0 robust-cpu-s1)
 for name in "${runs[@]}"; do
-    seed=${name##*-s}
-    case $name in
-        robust-gpu-s*) pipeline "$name" --preset robust-gpu --seed "$seed" & ;;
-        lite1-s*) CROSS=1 pipeline "$name" --preset robust-cpu --arch "$LITE1" --no-amp --seed "$seed" & ;;
-        robust-cpu-s*) CROSS=1 pipeline "$name" --preset robust-cpu --no-amp --seed "$seed" & ;;
-        *) echo "unknown run $name: robust-gpu-sN, lite1-sN or robust-cpu-sN" >&2 ;;
+    preset=${name%-s*} seed=${name##*-s}
+    case $preset in
+        robust-gpu) pipeline "$name" --preset "$preset" --seed "$seed" & ;;
+        robust-cpu*) CROSS=1 pipeline "$name" --preset "$preset" --no-amp --seed "$seed" & ;;
+        *) echo "unknown run $name: robust-gpu-sN, robust-cpu-sN or robust-cpu-lite0-sN" >&2 ;;
     esac
 done
 wait
