@@ -32,7 +32,7 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--attack",
         default="pgd",
         choices=list(usable),
-        help="; ".join(f"{name}: {spec.summary}" for name, spec in usable.items()),
+        help=options.literal("; ".join(f"{name}: {spec.summary}" for name, spec in usable.items())),
     )
     p.add_argument("--eps", default="4/255", help="radius, e.g. 4/255 (Linf) or 0.5 (L2)")
     p.add_argument("--norm", default="linf", choices=["linf", "l2"], help="threat model")

@@ -72,6 +72,11 @@ def process_options(default: object = 0) -> argparse.ArgumentParser:
     return p
 
 
+def literal(text: str) -> str:
+    """Help text built from data, made safe for argparse, which %-formats help (`%(default)s`)."""
+    return text.replace("%", "%%")
+
+
 def split_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 

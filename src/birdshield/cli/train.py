@@ -139,8 +139,7 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--preset",
         choices=sorted(PRESETS),
         help="named recipe; explicit options still win: "
-        # argparse %-formats help: a doc's own % signs are escaped
-        + "; ".join(f"{name}: {preset.doc}" for name, preset in sorted(PRESETS.items())).replace("%", "%%"),
+        + options.literal("; ".join(f"{name}: {preset.doc}" for name, preset in sorted(PRESETS.items()))),
     )
     g.add_argument(
         "--adv",
