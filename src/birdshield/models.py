@@ -61,8 +61,16 @@ class Classifier(nn.Module):
         feats = self.backbone.forward_features((x - self.mean) / self.std)
         return self.backbone.forward_head(feats, pre_logits=True)
 
+    @property
+    def tta_flip(self) -> bool:
+        return bool(self.meta.get("tta_flip", False))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone((x - self.mean) / self.std)
+        if self.training or not self.tta_flip:
+            return self.backbone((x - self.mean) / self.std)
+        # Test-time augmentation inside the model, so every attack and export differentiates through it
+        both = self.backbone((torch.cat([x, x.flip(-1)]) - self.mean) / self.std)
+        return both.unflatten(0, (2, -1)).mean(0)  # not len(x): an ONNX export keeps the batch dynamic
 
     @property
     def head(self) -> nn.Module:
@@ -224,6 +232,8 @@ def _metadata_problems(meta: dict[str, Any]) -> list[tuple[str, str]]:
             problems.append((field, f"must be 3 finite numbers (one per colour channel), got {value!r}"))
         elif field == "std" and min(value) <= 0:
             problems.append((field, f"must be positive, got {value!r}"))
+    if not isinstance(meta.get("tta_flip", False), bool):
+        problems.append(("tta_flip", f"must be true or false, got {meta['tta_flip']!r}"))
     return problems
 
 

@@ -128,6 +128,15 @@ def test_dynamic_batch(onnx_model: OnnxClassifier, photos, torch_logits, batch: 
     _assert_same_predictions(onnx_model(photos[-batch:]), torch_logits[-batch:])
 
 
+def test_flip_averaging_model_exports_with_a_dynamic_batch(model: Classifier, photos, tmp_path: Path):
+    save_checkpoint(model, tmp_path, {"tta_flip": True})
+    tta, onnx_tta = birdshield.load(tmp_path), birdshield.load(tmp_path, runtime="onnx")
+    with torch.no_grad():
+        expected = tta(photos)
+    for batch in (1, 5):
+        _assert_same_predictions(onnx_tta(photos[-batch:]), expected[-batch:])
+
+
 def test_static_batch_export_from_the_cli(run_dir: Path, photos, tmp_path: Path):
     out = tmp_path / "static.onnx"
     assert main(["export", str(run_dir), "--out", str(out), "--static-batch", "2"]) == 0

@@ -89,6 +89,22 @@ def test_early_stopping_stops_after_patience(tiny_data: Path, tmp_path: Path):
     assert len(_history(tmp_path)) == 3
 
 
+def test_tta_flip_is_saved_with_the_model_while_training_validates_the_single_view(
+    tiny_data: Path, tmp_path: Path
+):
+    argv = ["train", str(tiny_data), "--out", str(tmp_path), *TINY, "--epochs", "1", "--tta-flip"]
+    assert main([*argv, "--probe-epochs", "0", "--depth", "full"]) == 0
+    model = birdshield.load(tmp_path)
+    assert model.tta_flip and model.meta["training"]["tta_flip"]
+    ds = data.discover(tiny_data)
+    x = torch.stack([data.to_tensor(data.read_rgb(s.path), model.image_size) for s in ds.splits["valid"]])
+    y = torch.tensor([s.label for s in ds.splits["valid"]])
+    model.meta["tta_flip"] = False
+    with torch.inference_mode():
+        single = (model(x).argmax(1) == y).float().mean().item()
+    assert model.meta["metrics"]["valid_accuracy"] == pytest.approx(single)
+
+
 def test_run_killed_mid_epoch_resumes(tiny_data: Path, tmp_path: Path):
     """SIGKILL early in epoch 3 (epoch 2 is printed after its files are written).
 

@@ -67,6 +67,22 @@ def test_saved_then_loaded_model_predicts_identically(tmp_path):
     assert json.loads((tmp_path / models.META_FILE).read_text())["metrics"]["valid_accuracy"] == 0.5
 
 
+def test_flip_averaging_model_gives_a_photo_and_its_mirror_the_same_logits(tmp_path):
+    plain = _tiny(tmp_path).eval()
+    models.save_checkpoint(plain, tmp_path, {"tta_flip": True})
+    tta = models.load(tmp_path)
+    assert tta.tta_flip and not plain.tta_flip
+    x = torch.rand(3, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(tta(x), (plain(x) + plain(x.flip(-1))) / 2)
+        torch.testing.assert_close(tta(x.flip(-1)), tta(x))
+        assert not torch.allclose(plain(x.flip(-1)), plain(x), atol=1e-4)  # the single view is not symmetric
+    torch.manual_seed(0)
+    tta_train = tta.train()(x)
+    torch.manual_seed(0)
+    torch.testing.assert_close(tta_train, plain.train()(x))  # training sees the single view
+
+
 def test_checkpoint_from_another_format_version_is_refused_clearly(tmp_path):
     model = _tiny(tmp_path)
     state = safetensors.torch.load_file(str(tmp_path / models.WEIGHTS_FILE))
@@ -121,6 +137,7 @@ def _save_with(tmp_path, meta_changes: dict, state_changes: dict | None = None) 
         ("std", [0.5, float("nan"), 0.5]),
         ("std", [0.5, 0.0, 0.5]),
         ("arch", None),
+        ("tta_flip", "yes"),
     ],
 )
 def test_checkpoint_metadata_is_validated_naming_file_and_field(tmp_path, field, value):

@@ -94,6 +94,14 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "clean images replace the labels in the loss (distillation; with --adv, ARD-style); 'auto' first "
         "trains one in OUT/teacher (--noise-max 0.2, a few CPU minutes)",
     )
+    g.add_argument(
+        "--tta-flip",
+        action=argparse.BooleanOptionalAction,
+        default=d.tta_flip,
+        help="the saved model averages its logits over the image and its mirror image when it predicts "
+        "(test-time augmentation; twice the inference cost); attacks differentiate through it, so robustness "
+        "is measured with it. Training validates the single view",
+    )
     g = p.add_argument_group(
         "augmentation (the original project's recipe: --noise-max 0.1 --rotate 20 --shift 0.1 --shear 10 "
         "--zoom 0.1)"

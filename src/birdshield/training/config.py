@@ -97,6 +97,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     ema_decay: float = 0.0  # validate and keep a moving average of the weights (0: the raw weights)
     teacher: str = ""  # run of the same classes whose predictions are distilled; "auto": train one first
+    tta_flip: bool = False  # the saved model averages its logits over the image and its mirror image
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     adv: AdvConfig = field(default_factory=AdvConfig)
     seed: int = 0

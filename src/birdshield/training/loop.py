@@ -193,6 +193,8 @@ def _place(model: Classifier, cfg: TrainConfig, device: torch.device) -> None:
 def _checkpoint_meta(cfg: TrainConfig, dataset: data.Dataset) -> dict:
     """What birdshield.json records about the run beside the model (metrics are added per checkpoint)."""
     return {
+        # set on the saved model only: training validates (and selects on) the single view
+        "tta_flip": cfg.tta_flip,
         "training": _jsonable(asdict(cfg)),
         "trained_against": {
             "adversarial": cfg.adv.summary(),
