@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -103,6 +104,11 @@ def test_tta_flip_is_saved_with_the_model_while_training_validates_the_single_vi
     with torch.inference_mode():
         single = (model(x).argmax(1) == y).float().mean().item()
     assert model.meta["metrics"]["valid_accuracy"] == pytest.approx(single)
+    report = tmp_path / "report"
+    evaluate = ["evaluate", str(tmp_path), str(tiny_data), "--attacks", "fgsm", "--eps", "2/255"]
+    assert main([*evaluate, "--corruptions", "none", "--noise-std", "none", "--out", str(report)]) == 0
+    assert json.loads((report / "report.json").read_text())["model"]["tta_flip"]
+    assert "mirror image (--tta-flip), attacked through it" in (report / "report.md").read_text()
 
 
 def test_run_killed_mid_epoch_resumes(tiny_data: Path, tmp_path: Path):

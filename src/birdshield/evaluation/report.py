@@ -112,6 +112,7 @@ def build_report(
             "arch": meta.get("arch"),
             "classes": len(classes) if classes else None,
             "defense": meta.get("defense"),
+            "tta_flip": bool(meta.get("tta_flip", False)),
         },
         "split": None,
         "n": n,

@@ -87,6 +87,11 @@ def report_markdown(report: dict[str, Any], plots: list[str]) -> str:
         "",
         f"- model: `{m['run_dir']}` ({m['arch']}, {m['classes']} classes), trained against: {trained_s}",
         *([f"- defence: `{m['defense']}`, attacked through it (BPDA)"] if m.get("defense") else []),
+        *(
+            ["- the model averages over the mirror image (--tta-flip), attacked through it"]
+            if m.get("tta_flip")
+            else []
+        ),
         f"- data: split `{report['split']}`, {report['n']} images"
         + (f" ({len(report['bad_images'])} unreadable, left out)" if report.get("bad_images") else ""),
         f"- attacks ({cfg['norm']}): {_attacks_text(report)}; seed {cfg['seed']}; "
