@@ -121,9 +121,9 @@ def test_from_preset_sets_the_recipe_and_explicit_options_win():
     assert cfg.adv.warmup_epochs == 2 and cfg.warmup_epochs == 1.0  # adv_warmup_epochs is eps's, not the LR's
     assert cfg.adv.steps == 1 and cfg.epochs == 2  # explicit options win over the preset's 3 and 20
     assert cfg.teacher == "auto" and cfg.ema_decay == 0.99 and cfg.backbone_lr == 5e-4
-    assert cfg.arch == "tf_efficientnet_lite1"
+    assert cfg.arch == "tf_efficientnet_lite1" and cfg.tta_flip
     lite0 = TrainConfig.from_preset("robust-cpu-lite0", data="d", out="o", adv_steps=1, epochs=2)
-    assert replace(cfg, arch=DEFAULT_ARCH) == lite0
+    assert replace(cfg, arch=DEFAULT_ARCH, tta_flip=False) == lite0
     v1 = TrainConfig.from_preset("robust-cpu-v1", data="d", out="o", adv_steps=1, epochs=2)
     assert (v1.teacher, v1.ema_decay, v1.backbone_lr) == ("", 0.0, 2e-4)
     assert replace(lite0, teacher="", ema_decay=0.0, backbone_lr=2e-4) == v1
