@@ -12,7 +12,8 @@
 # side in 288 and 316 s (Lite1) while Lite2 was stopped at TRAIN_CAP in epoch 19 of 30; the GPU sat near idle
 # for the first 4 minutes (teachers, feature caches, first epochs at 33-57 s where later ones took 5-9 s) and
 # busy from then on (nvidia-smi dmon in $OUT/dmon.log); --full at 2/255 took 229 s for a Lite1 beside the
-# others and 79 s alone. robust-gpu alone needs a call of its own: `bash scripts/gpu_recipes.sh
+# others and 79 s alone, single view (robust-cpu now saves with --tta-flip, which doubles every forward pass).
+# robust-gpu alone needs a call of its own: `bash scripts/gpu_recipes.sh
 # robust-gpu-s0`.
 set -u
 export PYTHONUNBUFFERED=1

@@ -13,7 +13,8 @@
 # On a 2-core CPU a robust-cpu seed trains in 37 min alone (robust-cpu-lite0 in 43; teacher included; about
 # an hour beside another job) and takes about 30 min of `evaluate --full` per 32 images per eps at one
 # thread (2 h 41 min for 2/255 on 150 photos beside another job, most of it APGD-T on 9 targets and
-# Square-5000 on the images still robust): a GPU makes it minutes.
+# Square-5000 on the images still robust): a GPU makes it minutes. Those are single-view models; robust-cpu's
+# --tta-flip doubles every attack's cost (its pair at 2/255 and 4/255: 4,894 s against 2,113 s).
 set -euo pipefail
 D=${1:?usage: scripts/recipe_seeds.sh DATA OUT [TRAIN OPTIONS...]}
 O=${2:?usage: scripts/recipe_seeds.sh DATA OUT [TRAIN OPTIONS...]}
