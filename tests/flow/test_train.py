@@ -40,6 +40,13 @@ def test_training_config_imports_without_torch():
     assert birdshield.training.TrainConfig("d", "o").arch == birdshield.models.DEFAULT_ARCH
 
 
+def _valid_split(root: Path, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation images and labels of `root`, decoded at `size`."""
+    valid = data.discover(root).splits["valid"]
+    x = torch.stack([data.to_tensor(data.read_rgb(s.path), size) for s in valid])
+    return x, torch.tensor([s.label for s in valid])
+
+
 def test_training_writes_a_loadable_best_checkpoint_and_curves(tiny_run: Path, tiny_data: Path):
     for name in ("model.safetensors", "birdshield.json", "history.csv", "curves.png", "resume.safetensors"):
         assert (tiny_run / name).is_file(), name
@@ -50,9 +57,7 @@ def test_training_writes_a_loadable_best_checkpoint_and_curves(tiny_run: Path, t
     best = max(float(r["valid_accuracy"]) for r in rows)
     assert model.meta["metrics"]["valid_accuracy"] == pytest.approx(best)
     # the checkpoint is the best epoch's model: its valid accuracy recomputed here matches the history
-    ds = data.discover(tiny_data)
-    x = torch.stack([data.to_tensor(data.read_rgb(s.path), model.image_size) for s in ds.splits["valid"]])
-    y = torch.tensor([s.label for s in ds.splits["valid"]])
+    x, y = _valid_split(tiny_data, model.image_size)
     with torch.inference_mode():
         assert (model(x).argmax(1) == y).float().mean().item() == pytest.approx(best)
 
@@ -97,9 +102,7 @@ def test_tta_flip_is_saved_with_the_model_while_training_validates_the_single_vi
     assert main([*argv, "--probe-epochs", "0", "--depth", "full"]) == 0
     model = birdshield.load(tmp_path)
     assert model.tta_flip and model.meta["training"]["tta_flip"]
-    ds = data.discover(tiny_data)
-    x = torch.stack([data.to_tensor(data.read_rgb(s.path), model.image_size) for s in ds.splits["valid"]])
-    y = torch.tensor([s.label for s in ds.splits["valid"]])
+    x, y = _valid_split(tiny_data, model.image_size)
     model.meta["tta_flip"] = False
     with torch.inference_mode():
         single = (model(x).argmax(1) == y).float().mean().item()
