@@ -52,11 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def load(args: argparse.Namespace):
     import torch
 
-    from birdshield import data, models
+    import birdshield
+    from birdshield import data
     from birdshield.runtime import pick_device
 
     device = pick_device(args.device)
-    model = models.load_for_inference(args.run_dir, device)
+    model = birdshield.load(args.run_dir, device=device)
     samples = data.samples_for_model(data.discover(args.data), args.split, model.class_names)
     samples = data.stratified_subset(samples, args.n_images, seed=0)
     x = torch.stack([data.to_tensor(data.read_rgb(s.path), model.image_size) for s in samples])
@@ -143,9 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     gap = round((ref_acc - our_acc) * n)
     say(f"  reference - ours: {gap:+d} images; time ours/reference {our_s / ref_s:.2f}x")
     if args.full:
-        from birdshield import models
+        import birdshield
+        from birdshield.models import resolve_runtime
 
-        twin = models.forward_twin(args.run_dir, args.device, args.runtime)
+        onnx = resolve_runtime(args.runtime, args.device, args.run_dir) == "onnx"
+        twin = birdshield.load(args.run_dir, runtime="onnx", device=args.device) if onnx else None
         full_acc, full_s, flags = ours(model, x, y, eps, 0, 0, args.batch_size, "full", twin)
         say(
             f"  birdshield --full:    robust {full_acc:.1%} ({round(full_acc * n)}/{n})  {full_s:.1f} s  "

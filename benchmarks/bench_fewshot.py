@@ -104,7 +104,7 @@ def trained(run: Path, dataset) -> tuple[int, int, int]:
 
     from birdshield import data, models
 
-    model = models.load(run).eval()
+    model = models.load_checkpoint(run).eval()
     samples = data.samples_for_model(dataset, "test", model.class_names)
     hit1 = hit5 = n = 0
     with torch.inference_mode():

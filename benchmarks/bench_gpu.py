@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name() if device.type == "cuda" else "no GPU: CPU only"
     providers = ort.get_available_providers()
     print(f"torch {torch.__version__} on {name}; onnxruntime {ort.__version__} {providers}")
-    model = models.load(args.run_dir) if args.run_dir else models.imagenet_birds_model()
+    model = models.load_torch(args.run_dir)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         path = export_onnx(model, Path(tmp) / "model.onnx")

@@ -1,20 +1,35 @@
 """birdshield: robust bird-species classifiers, attacks, defences and honest robustness reports."""
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
+
 __version__ = "0.1.0"
+IMAGENET_BIRDS = "imagenet-birds"  # the built-in model: the offline ImageNet backbone's 59 bird classes
 
 
-def load(run_dir_or_onnx, device="cpu", runtime="torch"):
-    """Load a trained run as an nn.Module in eval mode: [0,1] images in, logits out, with .class_names.
+def load(source: str | Path | None = None, *, runtime: str = "torch", device: str = "auto") -> nn.Module:
+    """A model ready to predict or be attacked: [0,1] images (N, 3, H, W) in, logits out, with
+    ``.class_names``, ``.image_size`` and ``.meta``.
 
-    runtime="onnx" gives a birdshield.export.OnnxClassifier with the same call: from a .onnx file, or from a
-    run directory through its cached export (RUN_DIR/model.onnx, re-exported when older than the weights).
+    source: a run directory written by `birdshield train` (or a file in it), an ``.onnx`` file written by
+    `birdshield export`, or None / "imagenet-birds" for the built-in model (the offline ImageNet backbone
+    restricted to its 59 bird classes: names birds with no training at all).
+    runtime: "torch" (what attacks and training need: gradients), "onnx" (onnxruntime: forward only, about
+    twice torch eager's speed on a CPU; a run directory's export is cached in it as model.onnx, made again
+    when the weights or class names change), or "auto" (onnx for an .onnx file and, on a CPU, for a run
+    directory; torch otherwise).
+    device: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N". A torch model comes in eval mode, in
+    channels_last on a CPU (faster convolutions there).
     """
-    if runtime == "onnx":
-        from .export import load_onnx
+    from . import models
 
-        return load_onnx(run_dir_or_onnx, device)
-    if runtime != "torch":
-        raise ValueError(f"runtime must be 'torch' or 'onnx', got {runtime!r}")
-    from .models import load as _load
+    if models.resolve_runtime(runtime, device, source) == "onnx":
+        from .export import onnx_model
 
-    return _load(run_dir_or_onnx, device)
+        return onnx_model(source, device)
+    return models.prepare_for_inference(models.load_torch(source), device)

@@ -15,6 +15,7 @@ instead of shape arithmetic.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import io
@@ -131,7 +132,9 @@ def static_padded(model: nn.Module, image_size: int) -> nn.Module:
     return model
 
 
-def metadata(model: Classifier, defense: dict[str, Any] | None, batch: int | None) -> dict[str, str]:
+def metadata(
+    model: Classifier, defense: dict[str, Any] | None, batch: int | None, source_digest: str | None = None
+) -> dict[str, str]:
     """The metadata_props of an export: every value a JSON string."""
     meta = model.meta
     props = {
@@ -143,8 +146,26 @@ def metadata(model: Classifier, defense: dict[str, Any] | None, batch: int | Non
         "defense": defense,
         "batch": "dynamic" if batch is None else batch,
         "birdshield": meta,
+        "source_weights_sha256": source_digest,
     }
     return {key: json.dumps(value) for key, value in props.items()}
+
+
+def graph_bytes(graph: nn.Module, image_size: int, output: str, *, batch: int | None = None) -> bytes:
+    """`graph` ([0,1] images in) exported to ONNX by torch's TorchScript exporter, with the input named
+    "images" and a dynamic batch (or a fixed `batch`); the one exporter of the package."""
+    example = torch.rand(batch or 1, 3, image_size, image_size)
+    axes = None if batch else {INPUT_NAME: {0: "batch"}, output: {0: "batch"}}
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # of this exporter: see the module doc
+        # Pads reversed with a step -1 Slice are left for onnxruntime to fold when it loads the graph.
+        warnings.filterwarnings("ignore", "Constant folding - Only steps=1", UserWarning)
+        torch.onnx.export(
+            graph.eval(), (example,), buffer, dynamo=False, opset_version=DEFAULT_OPSET,
+            input_names=[INPUT_NAME], output_names=[output], dynamic_axes=axes,
+        )  # fmt: skip
+    return buffer.getvalue()
 
 
 def onnx_bytes(
@@ -154,26 +175,16 @@ def onnx_bytes(
     batch_size: int = 1,
     defense: str | InputTransform | None = None,
     defense_param: float | None = None,
-    opset: int | None = None,
+    source_digest: str | None = None,
 ) -> bytes:
-    """The serialized ONNX model (see export_onnx)."""
+    """The serialized ONNX model (see export_onnx); `source_digest` names the weights file it came from."""
     import onnx
 
     transform = graph_transform(defense, defense_param)
-    graph = _Exported(static_padded(model, model.image_size), transform).eval()
-    example = torch.rand(batch_size, 3, model.image_size, model.image_size)
-    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # of this exporter: see the module doc
-        # Pads reversed with a step -1 Slice are left for onnxruntime to fold when it loads the graph.
-        warnings.filterwarnings("ignore", "Constant folding - Only steps=1", UserWarning)
-        torch.onnx.export(
-            graph, (example,), buffer, dynamo=False, opset_version=opset or DEFAULT_OPSET,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes,
-        )  # fmt: skip
-    proto = onnx.load_from_string(buffer.getvalue())
-    props = metadata(model, _defense_meta(transform), None if dynamic_batch else batch_size)
+    graph = _Exported(static_padded(model, model.image_size), transform)
+    blob = graph_bytes(graph, model.image_size, OUTPUT_NAME, batch=None if dynamic_batch else batch_size)
+    proto = onnx.load_from_string(blob)
+    props = metadata(model, _defense_meta(transform), None if dynamic_batch else batch_size, source_digest)
     for key, value in props.items():
         proto.metadata_props.add(key=key, value=value)
     proto.producer_name, proto.producer_version = "birdshield", __version__
@@ -188,7 +199,7 @@ def export_onnx(
     batch_size: int = 1,
     defense: str | InputTransform | None = None,
     defense_param: float | None = None,
-    opset: int | None = None,
+    source_digest: str | None = None,
 ) -> Path:
     """Write `model` as ONNX to `path` atomically and return the path.
 
@@ -198,7 +209,7 @@ def export_onnx(
     """
     blob = onnx_bytes(
         model, dynamic_batch=dynamic_batch, batch_size=batch_size, defense=defense,
-        defense_param=defense_param, opset=opset,
+        defense_param=defense_param, source_digest=source_digest,
     )  # fmt: skip
     atomic_write_bytes(Path(path), blob)
     return Path(path)
@@ -215,6 +226,13 @@ def _session_options(threads: int | None) -> Any:
     # Spinning threads steal a shared CPU from other processes and from image decoding between batches.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
+
+
+def session(blob: bytes, device: str | torch.device, threads: int | None = None) -> Any:
+    """An onnxruntime InferenceSession of a serialized graph on `device`'s providers."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(blob, _session_options(threads), providers=_providers(device))
 
 
 def _providers(device: str | torch.device) -> list[str]:
@@ -237,12 +255,10 @@ class OnnxClassifier(nn.Module):
         self, source: str | Path | bytes, device: str | torch.device = "cpu", threads: int | None = None
     ) -> None:
         super().__init__()
-        import onnxruntime as ort
-
         self.path = None if isinstance(source, bytes) else Path(source)
         blob = source if isinstance(source, bytes) else Path(source).read_bytes()
         self.digest = hashlib.sha256(blob).hexdigest()  # identifies the graph and its weights (resume)
-        self.session = ort.InferenceSession(blob, _session_options(threads), providers=_providers(device))
+        self.session = session(blob, device, threads)
         props = self.session.get_modelmeta().custom_metadata_map
         self.meta: dict[str, Any] = {key: json.loads(value) for key, value in props.items()}
         if "class_names" not in self.meta or "image_size" not in self.meta:
@@ -267,24 +283,51 @@ class OnnxClassifier(nn.Module):
         return f"{self.path or 'in-memory model'}, providers={self.session.get_providers()}"
 
 
-def load_onnx(run_dir_or_onnx: str | Path, device: str | torch.device = "cpu") -> OnnxClassifier:
-    """An OnnxClassifier from a .onnx file, or from a run directory through RUN_DIR/model.onnx, exported
-    (plain, dynamic batch) when missing, older than the weights, or not plain (a defended or fixed-batch
-    export written there by hand)."""
-    from .models import load
+def weights_digest(run_dir: Path) -> str:
+    """SHA-256 of a run's weights file (its header embeds the class names and the rest of the metadata)."""
+    h = hashlib.sha256()
+    with open(Path(run_dir) / WEIGHTS_FILE, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
-    source = Path(run_dir_or_onnx)
-    if source.suffix == ".onnx":
-        return OnnxClassifier(source, device)
-    run_dir = source.parent if source.is_file() else source
-    path, weights = run_dir / ONNX_FILE, run_dir / WEIGHTS_FILE
-    if path.is_file() and weights.is_file() and path.stat().st_mtime >= weights.stat().st_mtime:
-        cached = OnnxClassifier(path, device)
-        if cached.meta.get("defense") is None and cached.meta.get("batch") == "dynamic":
-            return cached
-    model = load(run_dir)
+
+def onnx_model(source: str | Path | None, device: str | torch.device = "cpu") -> OnnxClassifier:
+    """An OnnxClassifier of an .onnx file, of the built-in model (None / "imagenet-birds", exported in
+    memory), or of a run directory through its cached export RUN_DIR/model.onnx (`birdshield.load`).
+
+    The cache is used only when it was exported from these very weights and class names (their digest is
+    in its metadata; file times can lie: `cp -p` of other weights keeps an old time) and is a plain export
+    (no in-graph defence, dynamic batch); otherwise the run is exported again. A read-only run directory
+    is exported in memory every time.
+    """
+    from .models import IMAGENET_BIRDS, imagenet_birds_model, load_checkpoint, read_metadata
+    from .runtime import pick_device
+
+    device = pick_device(str(device))
+    if source in (None, IMAGENET_BIRDS):
+        return OnnxClassifier.from_model(imagenet_birds_model(), device)
+    path = Path(source)
+    if path.suffix == ".onnx":
+        return OnnxClassifier(path, device)
+    run_dir = path.parent if path.is_file() else path
+    names, digest = read_metadata(run_dir)["class_names"], weights_digest(run_dir)
+    cached = _cached_export(run_dir / ONNX_FILE, device)
+    if cached and cached.meta.get("source_weights_sha256") == digest and cached.class_names == names:
+        return cached
+    blob = onnx_bytes(load_checkpoint(run_dir), source_digest=digest)
+    with contextlib.suppress(OSError):  # a read-only run directory: exported in memory every time
+        atomic_write_bytes(run_dir / ONNX_FILE, blob)
+    return OnnxClassifier(blob, device)
+
+
+def _cached_export(path: Path, device: torch.device) -> OnnxClassifier | None:
+    """The plain export at `path`, or None: missing, unreadable, defended or of a fixed batch."""
+    if not path.is_file():
+        return None
     try:
-        export_onnx(model, path)
-    except OSError:  # a read-only run directory: export in memory, every time
-        return OnnxClassifier(onnx_bytes(model), device)
-    return OnnxClassifier(path, device)
+        cached = OnnxClassifier(path, device)
+    except Exception:  # a damaged or foreign file: exported again
+        return None
+    plain = cached.meta.get("defense") is None and cached.meta.get("batch") == "dynamic"
+    return cached if plain else None

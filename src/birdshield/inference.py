@@ -9,7 +9,7 @@ vote shares).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -28,6 +28,14 @@ Top = list[tuple[str, float | None]]  # (species, confidence) best first; confid
 def _top(class_names: Sequence[str], scores: Tensor, k: int) -> Top:
     values, idx = scores.topk(min(k, scores.shape[0]))
     return [(class_names[j], p) for j, p in zip(idx.tolist(), values.tolist(), strict=True)]
+
+
+def inference_logits(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """The model's logits without autograd, as a normal tensor (inference tensors refuse later in-place
+    writes)."""
+    with torch.inference_mode():
+        out = model(x)
+    return out.clone()
 
 
 @torch.inference_mode()

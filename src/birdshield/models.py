@@ -18,7 +18,7 @@ import timm
 import torch
 from torch import nn
 
-from . import __version__
+from . import IMAGENET_BIRDS, __version__
 from .errors import CheckpointError
 from .runtime import atomic_write_bytes, atomic_write_json
 
@@ -269,8 +269,9 @@ def _check_weights(
             raise CheckpointError(f"{path}: tensor {key!r} is {given.dtype}, not floating point")
 
 
-def load(run_dir: str | Path, device: str | torch.device = "cpu") -> Classifier:
-    """Load a trained run: an nn.Module in eval mode, [0,1] images in, logits out, with .class_names."""
+def load_checkpoint(run_dir: str | Path, device: str | torch.device = "cpu") -> Classifier:
+    """The Classifier a run directory holds, in eval mode (`birdshield.load` is the loader for users: it
+    also takes ONNX files and the built-in model, and prepares the model for inference)."""
     directory = Path(run_dir)
     if directory.is_file():
         directory = directory.parent
@@ -289,7 +290,6 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> Classifier:
     return model.to(device).eval()
 
 
-IMAGENET_BIRDS = "imagenet-birds"
 # ImageNet-1k bird classes: cock .. great grey owl, black grouse .. black swan, white stork .. albatross.
 IMAGENET_BIRD_INDICES = [*range(7, 25), *range(80, 101), *range(127, 147)]
 
@@ -319,48 +319,28 @@ def prepare_for_inference(model: Classifier, device: str | torch.device = "auto"
 
 
 def resolve_runtime(
-    runtime: str, device: str | torch.device = "auto", run_dir: str | Path | None = IMAGENET_BIRDS
+    runtime: str, device: str | torch.device = "auto", source: str | Path | None = IMAGENET_BIRDS
 ) -> str:
-    """Runtime "auto" -> "onnx" on CPU for a run directory (onnxruntime's forward measured 1.6-4x torch
-    eager's here; the export is cached in the run), "torch" on a GPU and for the built-in ImageNet model
-    (exported in memory on every start: more than a short job saves); "torch" and "onnx" as given."""
+    """Runtime "auto" -> "onnx" for an .onnx file, and on a CPU for a run directory (onnxruntime's forward
+    measured 1.6-4x torch eager's on CPUs; the export is cached in the run); "torch" on a GPU and for the
+    built-in ImageNet model (exported in memory on every start: more than a short job saves). "torch" and
+    "onnx" as given; ValueError for "torch" on an .onnx file."""
     from .runtime import pick_device
 
     if runtime not in ("auto", "torch", "onnx"):
         raise ValueError(f"runtime must be 'auto', 'torch' or 'onnx', got {runtime!r}")
+    is_onnx = source is not None and Path(source).suffix == ".onnx"
+    if runtime == "torch" and is_onnx:
+        raise ValueError(f"{source}: an ONNX file runs on onnxruntime; load it with runtime='onnx'")
     if runtime != "auto":
         return runtime
-    built_in = run_dir in (None, IMAGENET_BIRDS)
-    return "onnx" if pick_device(str(device)).type == "cpu" and not built_in else "torch"
+    built_in = source in (None, IMAGENET_BIRDS)
+    return "onnx" if is_onnx or (pick_device(str(device)).type == "cpu" and not built_in) else "torch"
 
 
-def forward_twin(
-    run_dir: str | Path | None, device: str | torch.device = "auto", runtime: str = "auto"
-) -> nn.Module | None:
-    """The onnxruntime twin that `evaluate` runs its passes without gradients on, when `runtime` resolves
-    to onnx (see resolve_runtime); None: the torch model does everything."""
-    if resolve_runtime(runtime, device, run_dir) != "onnx":
-        return None
-    return load_for_inference(run_dir, device, runtime="onnx")
-
-
-def load_for_inference(
-    run_dir: str | Path | None, device: str | torch.device = "auto", runtime: str = "torch"
-) -> nn.Module:
-    """A run ready to predict or be attacked; None or "imagenet-birds": the offline ImageNet bird model.
-    runtime="onnx": onnxruntime on the run's cached ONNX export (forward only: no gradients, no attacks)."""
-    if runtime not in ("torch", "onnx"):
-        raise ValueError(f"runtime must be 'torch' or 'onnx', got {runtime!r}")
-    if runtime == "onnx":
-        from .export import OnnxClassifier, load_onnx
-        from .runtime import pick_device
-
-        device = pick_device(str(device))
-        if run_dir in (None, IMAGENET_BIRDS):
-            return OnnxClassifier.from_model(imagenet_birds_model(), device)
-        return load_onnx(run_dir, device)
-    model = imagenet_birds_model() if run_dir in (None, IMAGENET_BIRDS) else load(run_dir)
-    return prepare_for_inference(model, device)
+def load_torch(source: str | Path | None) -> Classifier:
+    """The torch Classifier of a run directory, or of the built-in model for None / "imagenet-birds"."""
+    return imagenet_birds_model() if source in (None, IMAGENET_BIRDS) else load_checkpoint(source)
 
 
 def is_run_dir(path: str | Path) -> bool:

@@ -15,9 +15,9 @@ import pytest
 from conftest import REPO
 
 from birdshield.cli import main
+from birdshield.distributed import Dist
 from birdshield.evaluation.config import N_EXAMPLES
 from birdshield.evaluation.sharding import chunk_offset, deal_chunks, interleave, merge_examples
-from birdshield.training.distributed import Dist
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}

@@ -34,7 +34,7 @@ from birdshield.evaluation import (
 )
 from birdshield.evaluation.cascade import Tally
 from birdshield.evaluation.checks import final_flags
-from birdshield.models import load
+from birdshield.models import load_checkpoint as load
 from birdshield.reporting.writers import write_evaluate_report
 from birdshield.stats import ci95
 

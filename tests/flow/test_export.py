@@ -156,12 +156,23 @@ def test_predict_onnx_runtime_writes_the_torch_species(run_dir: Path, photo_dir:
     assert csvs["onnx"] == csvs["torch"] and len(csvs["torch"]) == len(list(photo_dir.iterdir()))
 
 
-def test_cached_export_is_redone_when_the_weights_change(run_dir: Path, onnx_model: OnnxClassifier):
+def test_cached_export_is_reused_only_for_the_weights_it_was_made_from(
+    run_dir: Path, onnx_model: OnnxClassifier, tmp_path: Path
+):
     cached = run_dir / ONNX_FILE
     first = cached.stat().st_mtime_ns
     birdshield.load(run_dir, runtime="onnx")
     assert cached.stat().st_mtime_ns == first  # reused
-    later = cached.stat().st_mtime + 10
-    os.utime(run_dir / WEIGHTS_FILE, (later, later))  # as if training wrote new weights
-    birdshield.load(run_dir, runtime="onnx")
-    assert cached.stat().st_mtime_ns > first
+    # Other weights copied in with their (older) time kept, as `cp -p` does: a time-keyed cache trusted the
+    # old export and predicted with the old model.
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    torch.manual_seed(1)
+    other = tmp_path / "other"
+    save_checkpoint(create_model(list(onnx_model.class_names)), other)
+    old = (run / WEIGHTS_FILE).stat().st_mtime - 3600
+    shutil.copy2(other / WEIGHTS_FILE, run / WEIGHTS_FILE)
+    os.utime(run / WEIGHTS_FILE, (old, old))
+    x = torch.rand(2, 3, onnx_model.image_size, onnx_model.image_size)
+    fresh = birdshield.load(run, runtime="onnx")(x)
+    torch.testing.assert_close(fresh, birdshield.load(other, device="cpu")(x), atol=TOLERANCE, rtol=0)
+    assert not torch.allclose(fresh, onnx_model(x), atol=TOLERANCE)

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import birdshield
-from birdshield import data, models
-from birdshield.attacks.files import attack_files
+from birdshield import data
+from birdshield.attack_io import attack_files
 from birdshield.defenses import make_defense
 from birdshield.evaluation import PRESETS, certify_to_dir, evaluate_to_dir
 from birdshield.inference import predict_files, predict_tensor
@@ -42,7 +42,7 @@ def test_a_preset_is_a_config_override(tiny_data: Path):
 
 
 def test_the_loaded_model_predicts_as_the_trained_one(run: Path, tiny_data: Path):
-    model = models.load_for_inference(run, "cpu")
+    model = birdshield.load(run, device="cpu")
     test = data.discover(tiny_data).splits["test"]
     rows = predict_files(model, [s.path for s in test], top_k=2)
     x = torch.stack([data.to_tensor(data.read_rgb(s.path), model.image_size) for s in test])
@@ -56,7 +56,7 @@ def test_the_loaded_model_predicts_as_the_trained_one(run: Path, tiny_data: Path
 
 
 def test_a_defence_changes_what_the_model_sees(run: Path, tiny_data: Path):
-    model = models.load_for_inference(run, "cpu")
+    model = birdshield.load(run, device="cpu")
     x = torch.stack(
         [data.to_tensor(data.read_rgb(s.path), 48) for s in data.discover(tiny_data).splits["test"]]
     )
@@ -68,7 +68,7 @@ def test_a_defence_changes_what_the_model_sees(run: Path, tiny_data: Path):
 
 
 def test_evaluate_and_certify_into_report_folders(run: Path, tiny_data: Path, tmp_path: Path):
-    model = models.load_for_inference(run, "cpu")
+    model = birdshield.load(run, device="cpu")
     samples = data.samples_for_model(data.discover(tiny_data), "test", model.class_names)
     cfg = dataclasses.replace(
         PRESETS["quick"], attacks=("fgsm", "pgd"), eps=(0.0, 8 / 255), corruptions=(), noise_std=(0.1,)
@@ -99,7 +99,7 @@ def test_evaluate_and_certify_into_report_folders(run: Path, tiny_data: Path, tm
 
 
 def test_attack_files_writes_images_inside_the_ball(run: Path, tiny_data: Path, tmp_path: Path):
-    model = models.load_for_inference(run, "cpu")
+    model = birdshield.load(run, device="cpu")
     folder = tiny_data / "test" / model.class_names[0]
     rows = attack_files(model, [folder], tmp_path / "adv", attack="fgsm", eps=4 / 255)
     assert rows and all(r["error"] == "" and float(r["linf"]) <= 4 / 255 + 1e-6 for r in rows)

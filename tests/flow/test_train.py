@@ -252,6 +252,6 @@ def test_fast_cpu_path_trains_the_cached_probe_and_a_rerun_reuses_its_features(
     stamp = {p: p.stat().st_mtime_ns for p in cache.rglob("*.f16")}
     assert main([*args, str(cache), "--out", str(tmp_path / "b")]) == 0
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.f16")} == stamp  # read back, not rewritten
-    a, b = birdshield.models.load(tmp_path / "a"), birdshield.models.load(tmp_path / "b")
+    a, b = (birdshield.models.load_checkpoint(tmp_path / name) for name in "ab")
     x = torch.rand(2, 3, 48, 48)
     torch.testing.assert_close(a(x), b(x))  # same features, same seed: the same head

@@ -521,7 +521,7 @@ def _files(root, names: list[str]) -> list:
 
 
 def test_output_names_refuse_existing_files_unless_overwrite(tmp_path) -> None:
-    from birdshield.attacks.files import output_names
+    from birdshield.attack_io import output_names
     from birdshield.errors import DataError
 
     src, out = tmp_path / "in", tmp_path / "out"
@@ -538,7 +538,7 @@ def test_output_names_refuse_existing_files_unless_overwrite(tmp_path) -> None:
 
 
 def test_output_names_never_overwrite_inputs_even_with_overwrite(tmp_path) -> None:
-    from birdshield.attacks.files import output_names
+    from birdshield.attack_io import output_names
     from birdshield.errors import DataError
 
     (img,) = _files(tmp_path / "pics", ["a.png"])
@@ -554,7 +554,7 @@ def test_output_names_never_overwrite_inputs_even_with_overwrite(tmp_path) -> No
 
 
 def test_output_names_on_a_case_insensitive_disk(tmp_path, monkeypatch) -> None:
-    import birdshield.attacks.files as files
+    import birdshield.attack_io as files
 
     src = tmp_path / "in"
     _files(src, ["Bird.jpg", "bird.png", "sub/x.jpg"])
@@ -571,7 +571,7 @@ def test_output_names_on_a_case_insensitive_disk(tmp_path, monkeypatch) -> None:
 def test_case_probe_answers_for_the_folders_file_system(tmp_path, monkeypatch) -> None:
     from pathlib import Path
 
-    import birdshield.attacks.files as files
+    import birdshield.attack_io as files
 
     real_exists = Path.exists
     seen = []

@@ -17,6 +17,7 @@ from PIL import Image
 from scipy.stats import beta, norm
 from torch import Tensor, nn
 
+import birdshield
 from birdshield import data
 from birdshield.attacks import pgd
 from birdshield.cli import main
@@ -33,7 +34,7 @@ from birdshield.defenses import (
     lower_confidence_bound,
 )
 from birdshield.evaluation.certify import certified_accuracy
-from birdshield.models import load
+from birdshield.models import load_checkpoint as load
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -349,11 +350,9 @@ def test_certify_runtimes_draw_the_same_noise(tiny_run: Path, tiny_data: Path, t
         assert a["radius"] == b["radius"] or abs(a["radius"] - b["radius"]) < 0.05
     # a log written by one runtime is not continued by the other (their votes may differ)
     from birdshield.evaluation.state import model_fingerprint
-    from birdshield.models import load_for_inference
-
-    torch_model, onnx_model = (load_for_inference(tiny_run, "cpu", runtime=r) for r in ("torch", "onnx"))
+    torch_model, onnx_model = (birdshield.load(tiny_run, runtime=r, device="cpu") for r in ("torch", "onnx"))
     assert model_fingerprint(torch_model) != model_fingerprint(onnx_model)
-    assert model_fingerprint(onnx_model) == model_fingerprint(load_for_inference(tiny_run, "cpu", "onnx"))
+    assert model_fingerprint(onnx_model) == model_fingerprint(birdshield.load(tiny_run, runtime="onnx"))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])

@@ -8,9 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from birdshield.training.batches import shard
+from birdshield.distributed import Dist, shard
 from birdshield.training.config import TrainConfig
-from birdshield.training.distributed import Dist
 from birdshield.training.loop import _zero_gradient_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -59,7 +59,7 @@ def _tiny(tmp_path):
 
 def test_saved_then_loaded_model_predicts_identically(tmp_path):
     model = _tiny(tmp_path).eval()
-    loaded = models.load(tmp_path)
+    loaded = models.load_checkpoint(tmp_path)
     assert not loaded.training and loaded.class_names == ["x", "y", "z"] and loaded.image_size == 32
     x = torch.rand(4, 3, 32, 32)
     with torch.inference_mode():
@@ -70,7 +70,7 @@ def test_saved_then_loaded_model_predicts_identically(tmp_path):
 def test_flip_averaging_model_gives_a_photo_and_its_mirror_the_same_logits(tmp_path):
     plain = _tiny(tmp_path).eval()
     models.save_checkpoint(plain, tmp_path, {"tta_flip": True})
-    tta = models.load(tmp_path)
+    tta = models.load_checkpoint(tmp_path)
     assert tta.tta_flip and not plain.tta_flip
     x = torch.rand(3, 3, 32, 32)
     with torch.inference_mode():
@@ -91,15 +91,15 @@ def test_checkpoint_from_another_format_version_is_refused_clearly(tmp_path):
         state, str(tmp_path / models.WEIGHTS_FILE), metadata={"birdshield": json.dumps(meta)}
     )
     with pytest.raises(models.CheckpointError, match="format 99"):
-        models.load(tmp_path)
+        models.load_checkpoint(tmp_path)
 
 
 def test_corrupt_or_missing_checkpoint_is_refused_clearly(tmp_path):
     with pytest.raises(models.CheckpointError, match="no model.safetensors"):
-        models.load(tmp_path)
+        models.load_checkpoint(tmp_path)
     (tmp_path / models.WEIGHTS_FILE).write_bytes(b"\x80\x04garbage pickle-like bytes")
     with pytest.raises(models.CheckpointError, match="not a readable safetensors"):
-        models.load(tmp_path)
+        models.load_checkpoint(tmp_path)
 
 
 def test_weights_for_another_architecture_are_refused(tmp_path):
@@ -109,7 +109,7 @@ def test_weights_for_another_architecture_are_refused(tmp_path):
     meta = {**models.read_metadata(tmp_path), "arch": "resnet18"}
     safetensors.torch.save_file(state, str(meta_path), metadata={"birdshield": json.dumps(meta)})
     with pytest.raises(models.CheckpointError, match="do not match resnet18"):
-        models.load(tmp_path)
+        models.load_checkpoint(tmp_path)
 
 
 def _save_with(tmp_path, meta_changes: dict, state_changes: dict | None = None) -> None:
@@ -144,7 +144,7 @@ def test_checkpoint_metadata_is_validated_naming_file_and_field(tmp_path, field,
     _tiny(tmp_path)
     _save_with(tmp_path, {field: value})
     with pytest.raises(models.CheckpointError, match=f"metadata field '{field}'") as info:
-        models.load(tmp_path)
+        models.load_checkpoint(tmp_path)
     assert str(tmp_path / models.WEIGHTS_FILE) in str(info.value)
 
 
@@ -152,7 +152,7 @@ def test_class_names_must_match_the_classifier_in_the_weights(tmp_path):
     _tiny(tmp_path)
     _save_with(tmp_path, {"class_names": ["x", "y"]})
     with pytest.raises(models.CheckpointError, match="'class_names' lists 2 classes.* has 3 outputs"):
-        models.load(tmp_path)
+        models.load_checkpoint(tmp_path)
 
 
 def test_integer_weights_are_refused_not_cast(tmp_path):
@@ -161,20 +161,20 @@ def test_integer_weights_are_refused_not_cast(tmp_path):
     shape = model.backbone.state_dict()[key].shape
     _save_with(tmp_path, {}, {key: torch.ones(shape, dtype=torch.int32)})
     with pytest.raises(models.CheckpointError, match=f"tensor '{key}' is torch.int32, not floating point"):
-        models.load(tmp_path)
+        models.load_checkpoint(tmp_path)
 
 
 def test_unreadable_json_metadata_names_its_file(tmp_path):
     model = _tiny(tmp_path)
     safetensors.torch.save_file(model.backbone.state_dict(), str(tmp_path / models.WEIGHTS_FILE))
-    assert models.load(tmp_path).class_names == ["x", "y", "z"]  # from birdshield.json
+    assert models.load_checkpoint(tmp_path).class_names == ["x", "y", "z"]  # from birdshield.json
     meta = json.loads((tmp_path / models.META_FILE).read_text())
     (tmp_path / models.META_FILE).write_text('{"arch": "test_efficientnet", ')
     with pytest.raises(models.CheckpointError, match="birdshield.json: the metadata is not valid JSON"):
-        models.load(tmp_path)
+        models.load_checkpoint(tmp_path)
     (tmp_path / models.META_FILE).write_text(json.dumps({**meta, "image_size": 4096}))
     with pytest.raises(models.CheckpointError, match="birdshield.json: metadata field 'image_size'"):
-        models.load(tmp_path)
+        models.load_checkpoint(tmp_path)
 
 
 def test_auto_runtime_is_onnx_on_a_cpu_for_a_run_and_torch_for_the_built_in_model(tmp_path: Path):
@@ -184,5 +184,8 @@ def test_auto_runtime_is_onnx_on_a_cpu_for_a_run_and_torch_for_the_built_in_mode
     assert resolve_runtime("auto", "cpu", IMAGENET_BIRDS) == "torch"  # exported in memory on every start
     assert resolve_runtime("auto", "cpu", None) == "torch"
     assert resolve_runtime("torch", "cpu", tmp_path) == "torch" and resolve_runtime("onnx") == "onnx"
+    assert resolve_runtime("auto", "cuda", tmp_path / "model.onnx") == "onnx"  # a file only onnxruntime runs
     with pytest.raises(ValueError, match="runtime"):
         resolve_runtime("tensorrt")
+    with pytest.raises(ValueError, match="onnxruntime"):
+        resolve_runtime("torch", "cpu", tmp_path / "model.onnx")

@@ -19,12 +19,14 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from .. import data, models
-from ..attacks.base import inference_logits
-from ..attacks.files import check_target, quantise_8bit
+import birdshield
+
+from .. import data
+from ..attack_io import check_target
+from ..attacks.base import quantise_in_ball
 from ..attacks.registry import ATTACK_SPECS, get_spec
 from ..defenses.smoothing import ABSTAIN, Smoothed
-from ..inference import Top, predict_tensor
+from ..inference import Top, inference_logits, predict_tensor
 from ..runtime import model_device
 
 MAX_UPLOAD_MB = 10.0
@@ -46,12 +48,11 @@ class Served:
 def load_models(run_dirs: Sequence[str | Path], device: str = "auto") -> list[Served]:
     """The runs to serve, each timed once; with none, the offline ImageNet backbone's bird classes."""
     if not run_dirs:
-        return [calibrated(Served(IMAGENET_BIRDS_NAME, models.load_for_inference(None, device)))]
+        return [calibrated(Served(IMAGENET_BIRDS_NAME, birdshield.load(None, device=device)))]
     names = [Path(r).name or str(r) for r in run_dirs]
     names = [str(r) if names.count(n) > 1 else n for n, r in zip(names, run_dirs, strict=True)]
     return [
-        calibrated(Served(n, models.load_for_inference(r, device)))
-        for n, r in zip(names, run_dirs, strict=True)
+        calibrated(Served(n, birdshield.load(r, device=device))) for n, r in zip(names, run_dirs, strict=True)
     ]
 
 
@@ -174,7 +175,7 @@ def attack_image(
 
     Untargeted, the attack moves the image off the model's own clean prediction. `steps` is the attack's
     iterations (Square: queries); None is its default. The result is rounded to 8 bits inside the ball
-    (Linf exactly; L2 shrunk until the rounded change fits), and every model judges those pixels: a model
+    (attacks.base.quantise_in_ball), and every model judges those pixels: a model
     with another input size sees the adversarial image resized like any photo. ValueError for a norm
     the attack lacks, an unknown target or an attack that cannot be targeted.
     """
@@ -191,7 +192,7 @@ def attack_image(
     start = time.perf_counter()
     x_adv = spec.load()(model, x, y, **options)
     seconds = time.perf_counter() - start
-    adv = _quantise_in_ball(x, x_adv, eps, norm)[0]
+    adv = quantise_in_ball(x, x_adv, eps, norm)[0]
     adversarial = _as_uint8(adv)
     predictions = predict_image(served, Image.fromarray(adversarial))
     label = target or model.class_names[int(y)]
@@ -210,17 +211,6 @@ def attack_image(
         seconds=seconds,
         fooled=answer == target if target else answer != label,
     )
-
-
-def _quantise_in_ball(x: Tensor, x_adv: Tensor, eps: float, norm: str) -> Tensor:
-    """x_adv rounded to 8 bits and still inside the ball. Linf: the rounded change is clamped (exact).
-    L2: rounding can lengthen the change, so it is shrunk by 2% steps until the rounded change fits."""
-    q = quantise_8bit(x, x_adv, eps, norm) / 255
-    scale = 1.0
-    while norm == "l2" and float((q - x).flatten(1).norm(dim=1).max()) > eps and scale > 0:
-        scale = max(0.0, scale - 0.02)
-        q = quantise_8bit(x, x + (x_adv - x) * scale, eps, norm) / 255
-    return q
 
 
 def _magnification(delta: Tensor) -> float:

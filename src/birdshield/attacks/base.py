@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -128,6 +129,42 @@ def project(x_adv: Tensor, x: Tensor, eps: float, norm: Norm) -> Tensor:
     return (x + delta).clamp(0.0, 1.0)
 
 
+def quantise_in_ball(x: Tensor, x_adv: Tensor, eps: float, norm: Norm) -> Tensor:
+    """``x_adv`` rounded to the 8-bit grid and still inside the eps-ball around ``x``: the pixels a PNG
+    holds, so the images `birdshield attack` writes and the page shows are the ones judged.
+
+    ``x`` must lie on the grid, as every image decoded from an 8-bit file does. Each change is rounded to
+    the nearest grey level; Linf clamps it to the whole levels the ball holds. Rounding can lengthen an L2
+    change, so the rounded-up components whose rounding added most are moved one level back towards ``x``
+    (to the change rounded towards zero, never longer than the one asked for) until the change fits.
+    """
+    base = (x * 255).round()
+    wanted = x_adv * 255 - base
+    step = wanted.round()
+    if check_norm(norm) == "linf":
+        levels = math.floor(eps * 255 + 1e-6)
+        step = step.clamp(-levels, levels)
+    else:
+        step = _fit_l2(step, wanted, eps * 255)
+    return (base + step).clamp(0, 255) / 255
+
+
+def _fit_l2(step: Tensor, wanted: Tensor, radius: float) -> Tensor:
+    """``step`` (whole levels, ``wanted`` rounded) with the fewest components moved back one level so
+    that each image's L2 norm is at most ``radius``."""
+    flat, goal = step.flatten(1).clone(), wanted.flatten(1)
+    excess = (flat.abs() - goal.abs()).clamp(min=0)  # > 0 where rounding moved away from x
+    for row in (flat.square().sum(1) > radius**2).nonzero().flatten().tolist():
+        over = float(flat[row].square().sum()) - radius**2
+        order = excess[row].argsort(descending=True)
+        order = order[excess[row, order] > 0]
+        saved = (2 * flat[row, order].abs() - 1).cumsum(0)  # |q| -> |q| - 1 saves 2|q| - 1
+        count = int((saved < over).sum()) + 1
+        idx = order[:count]
+        flat[row, idx] -= flat[row, idx].sign()
+    return flat.view_as(step)
+
+
 def random_start(x: Tensor, eps: float, norm: Norm, gen: torch.Generator) -> Tensor:
     """A random point of the ball (uniform per pixel for Linf; random direction, uniform radius for L2)."""
     if norm == "linf":
@@ -221,14 +258,6 @@ class Attacked:
                 self._note_logits(missing, model(self.x_adv[missing]))
         assert self.logits is not None
         return AttackResult(self.x_adv, self.logits, success(self.logits, y, target))
-
-
-def inference_logits(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    """The model's logits without autograd, as a normal tensor (inference tensors refuse later in-place
-    writes)."""
-    with torch.inference_mode():
-        out = model(x)
-    return out.clone()
 
 
 def generator(x: Tensor, seed: int) -> torch.Generator:

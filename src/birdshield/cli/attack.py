@@ -59,15 +59,16 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import models
+    import birdshield
+
+    from ..attack_io import attack_files, check_target
     from ..attacks.eps import parse_eps
-    from ..attacks.files import attack_files, check_target
     from ..runtime import tune_cpu_allocator
 
     with options.usage_errors():
         eps = parse_eps(args.eps)
     tune_cpu_allocator()
-    model = models.load_for_inference(args.run_dir, args.device)
+    model = birdshield.load(args.run_dir, device=args.device)
     with options.usage_errors():  # unknown target class, untargetable attack
         check_target(args.attack, args.target, model.class_names)
     rows = attack_files(

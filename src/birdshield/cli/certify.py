@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from . import options
 
 if TYPE_CHECKING:  # types only; `device` stays Any: no torch import in cli, even for types
-    from ..training.distributed import Dist
+    from ..distributed import Dist
 
 
 def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -62,20 +62,23 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..defenses.smoothing import check_params
-    from ..training.distributed import process_group
+    from ..distributed import MEASURING_TIMEOUT, process_group
 
     params = {"sigma": args.sigma, "n0": args.selection_samples, "n": args.samples, "alpha": args.alpha}
     with options.usage_errors():
         check_params(**params, batch_size=args.batch_size)
-    with process_group(args.device) as (shard, device):  # one process unless under torchrun
+    # one process unless under torchrun
+    with process_group(args.device, MEASURING_TIMEOUT) as (shard, device):
         _run(args, params, shard, device)
     return 0
 
 
 def _run(args: argparse.Namespace, params: dict[str, Any], shard: Dist, device: Any) -> None:
+    import birdshield
+
     from .. import data, models
+    from ..distributed import main_first
     from ..evaluation import certify_to_dir, prepare_out_dir
-    from ..evaluation.sharding import main_first
     from ..reporting.markdown import certify_table
     from ..runtime import preload, tune_cpu_allocator
 
@@ -83,7 +86,7 @@ def _run(args: argparse.Namespace, params: dict[str, Any], shard: Dist, device: 
     tune_cpu_allocator()
     runtime = models.resolve_runtime(args.runtime, device, args.run_dir)
     # rank 0 first: it writes the run's ONNX export once, the others then read it
-    model = main_first(shard, lambda: models.load_for_inference(args.run_dir, device, runtime=runtime))
+    model = main_first(shard, lambda: birdshield.load(args.run_dir, runtime=runtime, device=device))
     samples = data.samples_for_model(data.discover(args.data), args.split, model.class_names)
     samples = data.stratified_subset(samples, args.n_images, args.seed)
     header = {"run": str(args.run_dir), "data": str(args.data), "split": args.split, "runtime": runtime}

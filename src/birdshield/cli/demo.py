@@ -29,7 +29,8 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import models
+    import birdshield
+
     from ..evaluation.config import PRESETS
     from ..training import config_from_options, train
     from .evaluate import evaluate_and_print
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"== 1/2 train -> {run_dir}", flush=True)
     train(config_from_options(args.data, str(run_dir), epochs=args.epochs))
     print(f"== 2/2 evaluate --quick -> {report_dir}", flush=True)
-    model = models.load_for_inference(run_dir)
+    model = birdshield.load(run_dir)
     cfg = dataclasses.replace(PRESETS["quick"], n=args.n_images)
     evaluate_and_print(model, args.data, "test", cfg, str(report_dir), run_dir=run_dir)
     print(f"plots: accuracy_vs_eps.png, examples.png beside the report; model: {run_dir}")

@@ -13,7 +13,7 @@ from ..defenses.specs import TRANSFORM_NAMES
 from . import options
 
 if TYPE_CHECKING:  # types only; `device` stays Any: no torch import in cli, even for types
-    from ..training.distributed import Dist
+    from ..distributed import Dist
 
 
 def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -138,35 +138,41 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training.distributed import process_group
+    from ..distributed import MEASURING_TIMEOUT, process_group
 
     overrides = config_overrides(args)  # every option is checked before the model is loaded
-    with process_group(args.device) as (shard, device):  # one process unless under torchrun
+    # one process unless under torchrun
+    with process_group(args.device, MEASURING_TIMEOUT) as (shard, device):
         _run(args, overrides, shard, device)
     return 0
 
 
 def _run(args: argparse.Namespace, overrides: dict[str, Any], shard: Dist, device: Any) -> None:
+    import birdshield
+
     from .. import models
     from ..defenses import Defended, make_defense
+    from ..distributed import main_first
     from ..evaluation import prepare_out_dir
     from ..evaluation.config import PRESETS
-    from ..evaluation.sharding import main_first
     from ..runtime import tune_cpu_allocator
 
     with options.usage_errors():
         transform = make_defense(args.defense, args.defense_param)
     prepare_out_dir(args.out)  # an unwritable --out fails now, not after the evaluation
     tune_cpu_allocator()  # 2-3x faster CPU forward/backward; must come before the big allocations
-    model = models.load_for_inference(args.run_dir, device)
-    # rank 0 first: it writes the run's ONNX export once, the others then read it
-    twin = main_first(shard, lambda: models.forward_twin(args.run_dir, device, args.runtime))
+    model = birdshield.load(args.run_dir, device=device)
+    # The passes without gradients run on onnxruntime where that is faster (--runtime auto: on a CPU).
+    # Rank 0 first: it writes the run's ONNX export once, the others then read it.
+    twin = None
+    if models.resolve_runtime(args.runtime, device, args.run_dir) == "onnx":
+        twin = main_first(shard, lambda: birdshield.load(args.run_dir, runtime="onnx", device=device))
     if transform is not None:
         model = Defended(model, transform)
         twin = None if twin is None else Defended(twin, transform)
     overrides["forward_model"] = twin
     if args.surrogate:
-        overrides["surrogate"] = models.load_for_inference(args.surrogate, device)
+        overrides["surrogate"] = birdshield.load(args.surrogate, device=device)
     cfg = dataclasses.replace(PRESETS[args.eval_preset], **overrides)
     evaluate_and_print(
         model,

@@ -34,14 +34,14 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import export_onnx, graph_transform
-    from ..models import load
+    from ..export import export_onnx, graph_transform, weights_digest
+    from ..models import load_checkpoint
 
     with options.usage_errors():
         if args.static_batch is not None and args.static_batch < 1:
             raise ValueError(f"--static-batch must be >= 1, got {args.static_batch}")
         graph_transform(args.defense, args.defense_param)  # a bad parameter fails before the model loads
-    model = load(args.run_dir)
+    model = load_checkpoint(args.run_dir)
     path = export_onnx(
         model,
         args.out,
@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.static_batch or 1,
         defense=args.defense,
         defense_param=args.defense_param,
+        source_digest=weights_digest(args.run_dir),
     )
     shape = f"batch {args.static_batch or 'any'}, {model.image_size}px"
     print(f"{path}: {len(model.class_names)} classes, {shape}, defence {args.defense}")

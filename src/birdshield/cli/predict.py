@@ -60,6 +60,8 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    import birdshield
+
     from .. import data, models
     from ..defenses import make_defense
     from ..inference import predict_files, to_csv, write_csv
@@ -83,8 +85,7 @@ def run(args: argparse.Namespace) -> int:
     if not inputs:
         raise options.UsageError("no image files or folders given after the run directory")
     tune_cpu_allocator()
-    runtime = models.resolve_runtime(args.runtime, args.device, run_dir)
-    model = models.load_for_inference(run_dir, args.device, runtime=runtime)
+    model = birdshield.load(run_dir, runtime=args.runtime, device=args.device)
     skipped: list[Path] = []
     images = data.list_images(inputs, skipped)
     if skipped:

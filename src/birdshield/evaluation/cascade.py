@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..attacks.base import inference_logits
 from ..attacks.corruptions import corrupt
 from ..attacks.eps import format_eps
 from ..attacks.registry import get_spec
+from ..inference import inference_logits
 from .config import EvalConfig
 
 # ------------------------------------------------------------------------------------------------ attacks

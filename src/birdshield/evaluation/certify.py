@@ -13,11 +13,11 @@ from torch import nn
 
 from .. import data
 from ..defenses.smoothing import ABSTAIN, Smoothed
+from ..distributed import SINGLE, Dist, barrier, gather
 from ..reporting.markdown import DEFAULT_RADII
 from ..runtime import model_device, progress
 from ..stats import ci95
-from ..training.distributed import Dist
-from .sharding import SINGLE, barrier, gather, interleave, remove_state_dir, state_dir
+from .sharding import check_resumable, interleave, remove_state_dir, state_dir
 from .state import CertifyLog, model_fingerprint, prepare_out_dir, samples_digest
 
 
@@ -120,6 +120,8 @@ def certify_to_dir(
         "model": model_fingerprint(model),
         "samples": samples_digest([samples[i] for i in mine]),
     } | ({"shard": [shard.rank, shard.world]} if shard.world > 1 else {})
+    if resume:
+        check_resumable(out, shard)
     state = state_dir(out, shard)
     log = CertifyLog(state, fingerprint, resume)
     images = _certify_images(smoothed, samples, params, log.records, log.append, mine, bar=shard.main)

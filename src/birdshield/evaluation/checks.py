@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attacks.base import inference_logits, margin_loss
+from ..attacks.base import margin_loss
 from ..attacks.eps import format_eps
 from ..attacks.registry import get_spec
+from ..inference import inference_logits
 from .cascade import Tally
 from .config import EvalConfig
 

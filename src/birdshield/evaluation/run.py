@@ -16,19 +16,17 @@ import torch
 from torch import Tensor, nn
 
 from .. import data
-from ..attacks.base import inference_logits
+from ..distributed import SINGLE, Dist, barrier, gather
+from ..inference import inference_logits
 from ..runtime import model_device
-from ..training.distributed import Dist
 from .cascade import attack_plan, clean_pass, corruptions_pass, ensemble_at, pick_examples
 from .checks import first_chunk_flags
 from .config import N_EXAMPLES, EvalConfig, ProgressFn, config_dict
 from .report import build_report
 from .sharding import (
-    SINGLE,
-    barrier,
+    check_resumable,
     chunk_offset,
     deal_chunks,
-    gather,
     merge_examples,
     merge_tallies,
     remove_state_dir,
@@ -218,6 +216,8 @@ def evaluate_to_dir(
         "samples": samples_digest(mine),
         "examples": examples,
     } | ({"shard": [shard.rank, shard.world]} if shard.world > 1 else {})
+    if resume:
+        check_resumable(out, shard)
     state = state_dir(out, shard)
     p = load_progress(state, fingerprint) if resume else None
     if p is None:

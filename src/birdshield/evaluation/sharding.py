@@ -15,49 +15,47 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import torch.distributed as dist
-
-from ..training.distributed import Dist
+from ..distributed import Dist
+from ..errors import OutDirError
 from .cascade import AttackTally, Tally
 from .config import N_EXAMPLES
-from .state import prepare_out_dir
+from .state import CERTIFY_LOG, STATE_FILE, prepare_out_dir
 
 T = TypeVar("T")
-SINGLE = Dist()
-
-
-def gather(obj: T, d: Dist) -> list[T]:
-    """``obj`` of every rank, in rank order (pickled: keep it small)."""
-    if d.world == 1:
-        return [obj]
-    out: list[Any] = [None] * d.world
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def barrier(d: Dist) -> None:
-    if d.world > 1:
-        dist.barrier()
-
-
-def main_first(d: Dist, make: Callable[[], T]) -> T:
-    """``make()`` on rank 0, then on the others: a cache it writes (the ONNX export) is written once."""
-    if not d.main:
-        barrier(d)
-    value = make()
-    if d.main:
-        barrier(d)
-    return value
 
 
 def state_dir(out: Path, d: Dist) -> Path:
     """Where this rank keeps its resumable progress: the report folder itself in a single process."""
     return out if d.world == 1 else prepare_out_dir(out / f"shard-{d.rank}-of-{d.world}")
+
+
+def saved_worlds(out: Path) -> set[int]:
+    """How many processes saved the progress kept in the report folder `out` (1: a single process)."""
+    worlds = {1} if (out / STATE_FILE).is_file() or (out / CERTIFY_LOG).is_file() else set()
+    for folder in out.glob("shard-*-of-*"):
+        match = re.fullmatch(r"shard-\d+-of-(\d+)", folder.name)
+        if match and folder.is_dir() and any(folder.iterdir()):
+            worlds.add(int(match.group(1)))
+    return worlds
+
+
+def check_resumable(out: Path, d: Dist) -> None:
+    """OutDirError when `out` holds progress saved by another number of processes than this run's: it would
+    otherwise be ignored, and hours of work started over without a word."""
+    saved = saved_worlds(out)
+    if saved and d.world not in saved:
+        (world,) = sorted(saved)[:1]
+        how = "in a single process" if world == 1 else f"under torchrun --nproc_per_node={world}"
+        raise OutDirError(
+            f"{out} holds progress saved by {world} process(es), this run has {d.world}: resume it {how}, "
+            "or run without --resume to start over"
+        )
 
 
 def remove_state_dir(path: Path, d: Dist) -> None:

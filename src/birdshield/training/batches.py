@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch.utils.data import DataLoader, Subset
 
 from .. import data
+from ..distributed import Dist, shard
 from .config import TrainConfig
-from .distributed import Dist
 
 
 def make_loader(
@@ -28,16 +26,6 @@ def make_loader(
         collate_fn=data.collate_skip_bad,
         pin_memory=torch.cuda.is_available(),
     )
-
-
-def shard(indices: list[int], d: Dist, pad: bool) -> list[int]:
-    """This rank's share of `indices`. With `pad`, the list is first repeated from its start to a multiple
-    of the world size (as torch's DistributedSampler does): every rank then takes the same number of
-    training steps, so DDP's gradient all-reduce never waits for a rank that has run out of images."""
-    if pad and d.world > 1 and len(indices) % d.world:
-        short = d.world - len(indices) % d.world
-        indices = indices + (indices * math.ceil(short / len(indices)))[:short]
-    return indices[d.rank :: d.world]
 
 
 def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:

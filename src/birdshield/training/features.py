@@ -119,24 +119,11 @@ class _Features(nn.Module):
 
 def _onnx_features(model: Classifier) -> Callable[[Tensor], Tensor]:
     """onnxruntime's forward of the pooled features: about 2x torch eager's on a CPU (see export.py)."""
-    import io
-    import warnings
+    from ..export import graph_bytes, session, static_padded
 
-    import onnxruntime as ort
-
-    from ..export import _session_options, static_padded
-
-    graph = _Features(static_padded(model, model.image_size)).eval()
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and folding notes
-        torch.onnx.export(
-            graph, (torch.rand(1, 3, model.image_size, model.image_size),), buffer, dynamo=False,
-            input_names=["images"], output_names=["features"], dynamic_axes={"images": {0: "batch"}},
-        )  # fmt: skip
-    cpu = ["CPUExecutionProvider"]
-    session = ort.InferenceSession(buffer.getvalue(), _session_options(None), providers=cpu)
-    return lambda x: torch.from_numpy(session.run(["features"], {"images": x.contiguous().numpy()})[0])
+    graph = _Features(static_padded(model, model.image_size))
+    run = session(graph_bytes(graph, model.image_size, "features"), "cpu")
+    return lambda x: torch.from_numpy(run.run(["features"], {"images": x.contiguous().numpy()})[0])
 
 
 def feature_fn(model: Classifier, device: torch.device, cfg: TrainConfig) -> Callable[[Tensor], Tensor]:

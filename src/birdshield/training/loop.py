@@ -23,7 +23,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import data
-from ..models import CheckpointError, Classifier, create_model, load, save_checkpoint
+from ..distributed import Dist, all_reduce, process_group
+from ..models import CheckpointError, Classifier, create_model, load_checkpoint, save_checkpoint
 from ..reporting.plots import plot_training_curves
 from ..reporting.tables import csv_text
 from ..runtime import atomic_write_bytes, progress, tune_cpu_allocator
@@ -32,7 +33,6 @@ from .augment import augment
 from .average import WeightAverage
 from .batches import autocast, make_loader, to_device
 from .config import TrainConfig, auto_teacher_config
-from .distributed import Dist, all_reduce, process_group
 from .optim import lr_factor, make_optimizer, set_lr
 from .probe import probe_on_cached_features
 from .resume import RESUME_FILE, load_resume, save_resume
@@ -222,7 +222,7 @@ def _load_teacher(
 ) -> Teacher:
     """The distillation teacher, checked to know the same species in the same order; logs its accuracy on
     the validation split as the student sees it (resized from the student's input size)."""
-    model = load(cfg.teacher, device)
+    model = load_checkpoint(cfg.teacher, device)
     if model.class_names != list(class_names):
         raise data.DataError(
             f"{cfg.teacher}: the teacher was trained on other species ({len(model.class_names)} classes, "

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from .. import data
+from ..distributed import Dist
 from ..models import Classifier
 from ..runtime import allocator_for_onnxruntime
 from .config import TrainConfig
-from .distributed import Dist
 from .features import CachedFeatures, cache_root, feature_fn, split_features
 from .optim import lr_factor
 

@@ -4,7 +4,6 @@ relative paths, never over an input) and a CSV of what changed."""
 from __future__ import annotations
 
 import io
-import math
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -15,11 +14,12 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from .. import data
-from ..reporting.tables import csv_text
-from ..runtime import atomic_write_bytes, model_device, progress
-from .base import inference_logits
-from .registry import get_spec
+from . import data
+from .attacks.base import quantise_in_ball
+from .attacks.registry import get_spec
+from .inference import inference_logits
+from .reporting.tables import csv_text
+from .runtime import atomic_write_bytes, model_device, progress
 
 CSV_COLUMNS = [
     "image", "output", "label", "label_source", "target", "clean_species", "clean_confidence",
@@ -116,19 +116,11 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def quantise_8bit(x: Tensor, x_adv: Tensor, eps: float, norm: str) -> Tensor:
-    """8-bit version of x_adv (values 0..255 as floats); for Linf the rounded change is kept inside the
-    ball (x is on the grid). The `attack` command and the page write and judge these pixels."""
-    q, q0 = (x_adv * 255).round(), (x * 255).round()
-    if norm == "linf":
-        k = math.floor(eps * 255 + 1e-6)
-        q = q0 + (q - q0).clamp(-k, k)
-    return q.clamp(0, 255)
-
-
-def _png_bytes(q: Tensor) -> bytes:
+def _png_bytes(x: Tensor) -> bytes:
+    """A (3, H, W) image on the 8-bit grid as lossless PNG."""
     buf = io.BytesIO()
-    Image.fromarray(q.to(torch.uint8).permute(1, 2, 0).cpu().numpy()).save(buf, format="PNG")
+    pixels = (x * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    Image.fromarray(pixels).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -146,12 +138,12 @@ def _attack_batch(
     target_t = None if target is None else torch.full_like(y, index[target])
     spec = get_spec(attack)
     x_adv = spec.load()(model, x, y, **spec.kwargs(eps, **(options | {"target": target_t})))
-    q = quantise_8bit(x, x_adv, eps, options.get("norm") or "linf")
-    p_adv = inference_logits(model, q / 255).softmax(1)
+    x_adv = quantise_in_ball(x, x_adv, eps, options.get("norm") or "linf")
+    p_adv = inference_logits(model, x_adv).softmax(1)
     rows = []
     for i, (src, dst, _) in enumerate(batch):
-        atomic_write_bytes(dst, _png_bytes(q[i]))
-        row = _csv_row(names, int(y[i]), p_clean[i], p_adv[i], q[i] / 255 - x[i], target)
+        atomic_write_bytes(dst, _png_bytes(x_adv[i]))
+        row = _csv_row(names, int(y[i]), p_clean[i], p_adv[i], x_adv[i] - x[i], target)
         src_label = "folder" if folder[i] is not None else "prediction"
         rows.append(row | {"image": str(src), "output": str(dst), "label_source": src_label})
     return rows
