@@ -99,9 +99,7 @@ def ours(model, x, y, eps: float, steps: int, targets: int, bs: int, preset: str
     from birdshield.evaluation import PRESETS, EvalConfig, evaluate
 
     if preset:
-        cfg = dataclasses.replace(
-            PRESETS[preset], eps=(eps,), corruptions=(), noise_std=(), batch_size=bs, forward_model=forward
-        )
+        cfg = dataclasses.replace(PRESETS[preset], eps=(eps,), corruptions=(), noise_std=(), batch_size=bs)
     else:
         cfg = EvalConfig(
             attacks=("apgd-ce", "apgd-t"),
@@ -114,7 +112,7 @@ def ours(model, x, y, eps: float, steps: int, targets: int, bs: int, preset: str
         )
     batches = [(x[i : i + bs], y[i : i + bs]) for i in range(0, len(y), bs)]
     t0 = time.perf_counter()
-    report = evaluate(model, batches, cfg)
+    report = evaluate(model, batches, cfg, forward_model=forward)
     return report["ensemble"][0]["robust_accuracy"], time.perf_counter() - t0, report["flags"]
 
 

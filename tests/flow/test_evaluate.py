@@ -80,10 +80,13 @@ def _batches(x: Tensor, y: Tensor, size: int = 16) -> list[tuple[Tensor, Tensor]
     return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
 
 
-def _run(model: nn.Module, x: Tensor, y: Tensor, **changes: object) -> dict:
+def _run(
+    model: nn.Module, x: Tensor, y: Tensor, forward_model: nn.Module | None = None, **changes: object
+) -> dict:
     import dataclasses
 
-    return evaluate(model, _batches(x, y), dataclasses.replace(FAST, **changes))
+    cfg = dataclasses.replace(FAST, **changes)
+    return evaluate(model, _batches(x, y), cfg, forward_model=forward_model)
 
 
 @pytest.fixture(scope="module")

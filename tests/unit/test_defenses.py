@@ -350,6 +350,7 @@ def test_certify_runtimes_draw_the_same_noise(tiny_run: Path, tiny_data: Path, t
         assert a["radius"] == b["radius"] or abs(a["radius"] - b["radius"]) < 0.05
     # a log written by one runtime is not continued by the other (their votes may differ)
     from birdshield.evaluation.state import model_fingerprint
+
     torch_model, onnx_model = (birdshield.load(tiny_run, runtime=r, device="cpu") for r in ("torch", "onnx"))
     assert model_fingerprint(torch_model) != model_fingerprint(onnx_model)
     assert model_fingerprint(onnx_model) == model_fingerprint(birdshield.load(tiny_run, runtime="onnx"))

@@ -170,9 +170,7 @@ def _run(args: argparse.Namespace, overrides: dict[str, Any], shard: Dist, devic
     if transform is not None:
         model = Defended(model, transform)
         twin = None if twin is None else Defended(twin, transform)
-    overrides["forward_model"] = twin
-    if args.surrogate:
-        overrides["surrogate"] = birdshield.load(args.surrogate, device=device)
+    surrogate = birdshield.load(args.surrogate, device=device) if args.surrogate else None
     cfg = dataclasses.replace(PRESETS[args.eval_preset], **overrides)
     evaluate_and_print(
         model,
@@ -182,6 +180,8 @@ def _run(args: argparse.Namespace, overrides: dict[str, Any], shard: Dist, devic
         args.out,
         resume=args.resume,
         run_dir=args.run_dir,
+        forward_model=twin,
+        surrogate=surrogate,
         surrogate_dir=args.surrogate,
         shard=shard,
     )

@@ -22,12 +22,14 @@ from ..attacks.corruptions import corrupt
 from ..attacks.eps import format_eps
 from ..attacks.registry import get_spec
 from ..inference import inference_logits
-from .config import EvalConfig
+from .config import EvalConfig, Models
 
 # ------------------------------------------------------------------------------------------------ attacks
 
 
-def attack_options(name: str, cfg: EvalConfig, seed: int) -> dict[str, Any]:
+def attack_options(
+    name: str, cfg: EvalConfig, seed: int, surrogate: nn.Module | None = None
+) -> dict[str, Any]:
     """Every option the evaluation sets; each attack takes those its spec lists (``AttackSpec.kwargs``)."""
     return {
         "norm": cfg.norm,
@@ -35,15 +37,15 @@ def attack_options(name: str, cfg: EvalConfig, seed: int) -> dict[str, Any]:
         "restarts": cfg.restarts if name == "pgd" else None,
         "n_queries": cfg.square_queries,
         "n_target_classes": cfg.n_target_classes,
-        "surrogate": cfg.surrogate,
+        "surrogate": surrogate,
         "seed": seed,
         "early_stop": True,
     }
 
 
-def _skip_reason(name: str, cfg: EvalConfig, num_classes: int) -> str | None:
+def _skip_reason(name: str, cfg: EvalConfig, num_classes: int, surrogate: bool) -> str | None:
     spec = get_spec(name)
-    if "surrogate" in spec.options and cfg.surrogate is None:
+    if "surrogate" in spec.options and not surrogate:
         return "needs a surrogate model (--surrogate RUN_DIR)"
     if cfg.norm not in spec.norms:
         return f"implemented for {'/'.join(spec.norms)} only, evaluation norm is {cfg.norm}"
@@ -52,7 +54,9 @@ def _skip_reason(name: str, cfg: EvalConfig, num_classes: int) -> str | None:
     return None
 
 
-def attack_plan(cfg: EvalConfig, num_classes: int) -> tuple[list[str], list[dict[str, str]]]:
+def attack_plan(
+    cfg: EvalConfig, num_classes: int, surrogate: bool = False
+) -> tuple[list[str], list[dict[str, str]]]:
     """(attacks to run in cascade order, [{attack, reason}] skipped). Unknown names raise ValueError.
 
     Order: as given, with a surrogate's transfer attack added before square, then black-box attacks
@@ -61,11 +65,11 @@ def attack_plan(cfg: EvalConfig, num_classes: int) -> tuple[list[str], list[dict
     names = list(dict.fromkeys(cfg.attacks))
     for name in names:
         get_spec(name)
-    if cfg.surrogate is not None and "transfer" not in names:
+    if surrogate and "transfer" not in names:
         names.insert(names.index("square") if "square" in names else len(names), "transfer")
     run, skipped = [], []
     for name in names:
-        reason = _skip_reason(name, cfg, num_classes)
+        reason = _skip_reason(name, cfg, num_classes, surrogate)
         if reason:
             skipped.append({"attack": name, "reason": reason})
         else:
@@ -148,7 +152,7 @@ def corruptions_pass(
 
 
 def ensemble_at(
-    model: nn.Module,
+    models: Models,
     x: Tensor,
     y: Tensor,
     correct: Tensor,
@@ -171,8 +175,8 @@ def ensemble_at(
         fooled, rec, t0 = torch.zeros_like(correct), tally.attacks[(eps, name)], time.perf_counter()
         spec = get_spec(name)
         if rows.numel():
-            kwargs = spec.kwargs(eps, **attack_options(name, cfg, seed))
-            attacked = cfg.forward_model if spec.black_box and cfg.forward_model is not None else model
+            kwargs = spec.kwargs(eps, **attack_options(name, cfg, seed, models.surrogate))
+            attacked = models.forward_only if spec.black_box else models.model
             result = spec.load()(attacked, x[rows], y[rows], return_result=True, **kwargs)
             x_adv = result.x_adv
             fooled[rows] = result.logits.argmax(1) != y[rows]  # the logits of x_adv, as the attack saw them

@@ -35,11 +35,22 @@ class EvalConfig:
     corruptions: tuple[str, ...] = CORRUPTIONS
     severities: tuple[int, ...] = (1, 3, 5)
     noise_std: tuple[float, ...] = (0.05, 0.1, 0.2)  # extra gaussian_noise entries at these explicit stds
-    surrogate: nn.Module | None = None  # crafts the "transfer" attack; None = no transfer attack
     independent: bool = False
-    # A forward-only twin of the model (onnxruntime: `evaluate --runtime onnx`) for the passes that need no
-    # gradients: clean, corruptions and the black-box attacks' queries. None: the model does them all.
-    forward_model: nn.Module | None = None
+
+
+@dataclass(frozen=True)
+class Models:
+    """The models an evaluation runs: the attacked one and its optional companions."""
+
+    model: nn.Module  # attacked (its gradients), and every other pass unless `forward` is given
+    # A forward-only twin of `model` (onnxruntime: `evaluate --runtime onnx`) for the passes that need no
+    # gradients: clean, corruptions and the black-box attacks' queries.
+    forward: nn.Module | None = None
+    surrogate: nn.Module | None = None  # crafts the "transfer" attack; None = no transfer attack
+
+    @property
+    def forward_only(self) -> nn.Module:
+        return self.forward or self.model
 
 
 # quick: sized for a CPU (150 brittle lite0 images at 224 px in a few minutes on 2 cores; early stop makes
@@ -56,10 +67,11 @@ PRESETS: dict[str, EvalConfig] = {
 }
 
 
-def config_dict(cfg: EvalConfig) -> dict[str, Any]:
-    """The config as JSON data (the surrogate given as its architecture name)."""
-    out = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-    sur, fwd = cfg.surrogate, cfg.forward_model
+def config_dict(cfg: EvalConfig, models: Models | None = None) -> dict[str, Any]:
+    """The config as JSON data, with the companions of `models` named: the surrogate by its architecture,
+    the forward-only twin by its type."""
+    out: dict[str, Any] = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    sur, fwd = (models.surrogate, models.forward) if models else (None, None)
     out["surrogate"] = None if sur is None else getattr(sur, "meta", {}).get("arch", type(sur).__name__)
     out["forward_model"] = None if fwd is None else type(getattr(fwd, "model", fwd)).__name__  # Defended
     return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}

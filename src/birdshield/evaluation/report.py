@@ -32,12 +32,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-
 from ..stats import ci95
 from .cascade import Tally, corruption_specs
 from .checks import final_flags
-from .config import EvalConfig, config_dict
+from .config import EvalConfig, Models, config_dict
 
 
 def trained_against(meta: dict[str, Any]) -> dict[str, Any] | None:
@@ -81,9 +79,9 @@ def confused_pairs(tally: Tally, class_names: list[str] | None, most: int = 20) 
 
 
 def build_report(
-    tally: Tally, cfg: EvalConfig, model: nn.Module, plan: list[str], skipped: list, seconds: float
+    tally: Tally, cfg: EvalConfig, models: Models, plan: list[str], skipped: list, seconds: float
 ) -> dict[str, Any]:
-    n = tally.n
+    n, model = tally.n, models.model
     meta = getattr(model, "meta", {})
     classes = getattr(model, "class_names", None)
     results = [
@@ -138,6 +136,6 @@ def build_report(
         "flags": final_flags(tally, cfg, plan),
         "skipped": skipped,
         "bad_images": [],
-        "config": config_dict(cfg),
+        "config": config_dict(cfg, models),
         "seconds": round(seconds, 2),
     }

@@ -21,7 +21,7 @@ from ..inference import inference_logits
 from ..runtime import model_device
 from .cascade import attack_plan, clean_pass, corruptions_pass, ensemble_at, pick_examples
 from .checks import first_chunk_flags
-from .config import N_EXAMPLES, EvalConfig, ProgressFn, config_dict
+from .config import N_EXAMPLES, EvalConfig, Models, ProgressFn, config_dict
 from .report import build_report
 from .sharding import (
     check_resumable,
@@ -50,17 +50,22 @@ def evaluate(
     on_progress: ProgressFn | None = None,
     examples: list[dict[str, Any]] | None = None,
     total: int | None = None,
+    *,
+    forward_model: nn.Module | None = None,
+    surrogate: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on (images in [0,1], labels) batches; returns the report dict (see
     :mod:`birdshield.evaluation.report`).
 
     ``examples``, when a list is given, receives up to 4 images with their worst adversarial input at the
     largest eps (for the report's examples.png). ``on_progress(stage, images_done, total)`` is called per
-    attack and chunk. The model is used as given (mode untouched; ``load`` returns it in eval mode).
+    attack and chunk. The model is used as given (mode untouched; ``birdshield.load`` gives eval mode).
+    ``forward_model``: a forward-only twin of ``model`` (e.g. ``birdshield.load(run, runtime="onnx")``) for
+    the passes without gradients; ``surrogate``: a model that crafts the "transfer" attack.
     """
-    p = Progress(examples=examples)
-    _measure(model, _numbered(batches), cfg, p, on_progress, total)
-    return _report(model, cfg, p)
+    models, p = Models(model, forward_model, surrogate), Progress(examples=examples)
+    _measure(models, _numbered(batches), cfg, p, on_progress, total)
+    return _report(models, cfg, p)
 
 
 Chunk = tuple[int, Tensor, Tensor]  # (index of the chunk's first image in the whole sample list, x, y)
@@ -74,7 +79,7 @@ def _numbered(batches: Iterable[tuple[Tensor, Tensor]]) -> Iterator[Chunk]:
 
 
 def _measure(
-    model: nn.Module,
+    models: Models,
     chunks: Iterable[Chunk],
     cfg: EvalConfig,
     p: Progress,
@@ -83,6 +88,7 @@ def _measure(
     after_chunk: Callable[[], None] | None = None,
 ) -> None:
     """Measure the chunks into ``p`` (updated in place; ``after_chunk`` runs after each chunk)."""
+    model, forward = models.model, models.forward_only
     start, earlier, tally, device = time.perf_counter(), p.seconds, p.tally, model_device(model)
     n_classes = len(getattr(model, "class_names", None) or []) or None
     report_progress = on_progress or (lambda stage, done, tot: None)
@@ -90,21 +96,21 @@ def _measure(
     def stage(name: str) -> None:
         report_progress(name, tally.n, total)
 
-    forward = cfg.forward_model or model
     for at, x, y in chunks:
         x, y = x.to(device), y.to(device)
         seed = cfg.seed + at  # per chunk, and the same whichever session or rank measures it
         clean_logits = inference_logits(forward, x)
         if p.plan is None:  # first chunk: settle the plan and run the one-batch sanity checks
-            p.plan, p.skipped = attack_plan(cfg, n_classes or int(clean_logits.shape[1]))
-            tally.flags += first_chunk_flags(model, cfg.forward_model, x, y, clean_logits)
+            classes = n_classes or int(clean_logits.shape[1])
+            p.plan, p.skipped = attack_plan(cfg, classes, models.surrogate is not None)
+            tally.flags += first_chunk_flags(model, models.forward, x, y, clean_logits)
             p.checked_at = at
         correct = clean_pass(clean_logits, y, tally)
         stage("corruptions")
         corruptions_pass(forward, x, y, cfg, tally, seed)
         for eps in cfg.eps:
             worst, worst_logits = ensemble_at(
-                model, x, y, correct, clean_logits, eps, cfg, p.plan, tally, seed, stage
+                models, x, y, correct, clean_logits, eps, cfg, p.plan, tally, seed, stage
             )
             if p.examples is not None and eps == max(cfg.eps):
                 k = N_EXAMPLES - len(p.examples)
@@ -117,10 +123,10 @@ def _measure(
         report_progress("done", tally.n, total)
 
 
-def _report(model: nn.Module, cfg: EvalConfig, p: Progress) -> dict[str, Any]:
+def _report(models: Models, cfg: EvalConfig, p: Progress) -> dict[str, Any]:
     if p.tally.n == 0:
         raise data.DataError("no images to evaluate (every file unreadable, or an empty split)")
-    return build_report(p.tally, cfg, model, p.plan or [], p.skipped, p.seconds)
+    return build_report(p.tally, cfg, models, p.plan or [], p.skipped, p.seconds)
 
 
 def _merged(p: Progress, chosen: Sequence[data.Sample], d: Dist) -> Progress:
@@ -172,13 +178,17 @@ def evaluate_samples(
     cfg: EvalConfig,
     on_progress: ProgressFn | None = None,
     examples: list[dict[str, Any]] | None = None,
+    *,
+    forward_model: nn.Module | None = None,
+    surrogate: nn.Module | None = None,
 ) -> dict[str, Any]:
     """``evaluate`` on image files (labels = model class indices), read a chunk at a time at the model's
     input size; ``cfg.n`` picks a seeded stratified subset. Unreadable files are listed in bad_images."""
+    models = Models(model, forward_model, surrogate)
     chosen, p = data.stratified_subset(samples, cfg.n, cfg.seed), Progress(examples=examples)
     chunks = _sample_chunks(chosen, model.image_size, cfg.batch_size, p)
-    _measure(model, chunks, cfg, p, on_progress, len(chosen))
-    report = _report(model, cfg, p)
+    _measure(models, chunks, cfg, p, on_progress, len(chosen))
+    report = _report(models, cfg, p)
     report["bad_images"] = p.bad_images
     return report
 
@@ -194,6 +204,8 @@ def evaluate_to_dir(
     examples: bool = True,
     run_dir: str | Path | None = None,
     split: str | None = None,
+    forward_model: nn.Module | None = None,
+    surrogate: nn.Module | None = None,
     surrogate_dir: str | Path | None = None,
     shard: Dist = SINGLE,
 ) -> dict[str, Any]:
@@ -206,13 +218,13 @@ def evaluate_to_dir(
     ``shard``: this process's rank under torchrun; each rank measures its chunks (``sharding``), every
     rank returns the report of all, rank 0 writes it. Returns the report dict.
     """
-    out = prepare_out_dir(out_dir)
+    out, models = prepare_out_dir(out_dir), Models(model, forward_model, surrogate)
     chosen = data.stratified_subset(samples, cfg.n, cfg.seed)
     mine = [chosen[i] for i in deal_chunks(len(chosen), cfg.batch_size, shard)]
     fingerprint = {
-        "config": config_dict(cfg),
+        "config": config_dict(cfg, models),
         "model": model_fingerprint(model),
-        "surrogate": None if cfg.surrogate is None else model_fingerprint(cfg.surrogate),
+        "surrogate": None if surrogate is None else model_fingerprint(surrogate),
         "samples": samples_digest(mine),
         "examples": examples,
     } | ({"shard": [shard.rank, shard.world]} if shard.world > 1 else {})
@@ -226,9 +238,9 @@ def evaluate_to_dir(
     position = chunk_offset(cfg.batch_size, shard)
     chunks = _sample_chunks(mine, model.image_size, cfg.batch_size, p, position)
     save = functools.partial(save_progress, state, fingerprint, p)
-    _measure(model, chunks, cfg, p, on_progress, len(mine), after_chunk=save)
+    _measure(models, chunks, cfg, p, on_progress, len(mine), after_chunk=save)
     p = _merged(p, chosen, shard)
-    report = _report(model, cfg, p)
+    report = _report(models, cfg, p)
     report["bad_images"] = p.bad_images
     report["model"]["run_dir"] = None if run_dir is None else str(run_dir)
     report["split"] = split
