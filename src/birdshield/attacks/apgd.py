@@ -5,6 +5,7 @@ progress stalls, restarting from the best point found."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -13,13 +14,13 @@ from .base import (
     Attacked,
     LossFn,
     Norm,
+    Rows,
     ascent,
     attack_fn,
     check_norm,
     dlr_loss,
     generator,
     get_loss,
-    keep_rows,
     loss_grad,
     project,
     random_start,
@@ -41,40 +42,56 @@ def checkpoints(steps: int) -> list[int]:
     return sorted({math.ceil(round(q * steps, 9)) for q in p[1:] if q <= 1})  # round: 0.57*100 != 57
 
 
-def _halve_stalled(s: dict[str, Tensor], span: int) -> dict[str, Tensor]:
+@dataclass
+class ApgdRows(Rows):
+    """APGD's per-image state beside the current point ``xa``: the previous point (momentum), the best
+    point with its loss and gradient, the step size ``eta``, how often the loss rose since the last
+    checkpoint, the best loss at that checkpoint and whether the step was halved there."""
+
+    xprev: Tensor | None = None
+    xbest: Tensor | None = None
+    grad: Tensor | None = None
+    gbest: Tensor | None = None
+    loss: Tensor | None = None
+    best: Tensor | None = None
+    best_at_checkpoint: Tensor | None = None
+    rises: Tensor | None = None
+    eta: Tensor | None = None
+    halved: Tensor | None = None
+
+
+def _halve_stalled(s: ApgdRows, span: int) -> ApgdRows:
     """Checkpoint rule: halve eta and jump back to the best point where progress stalled."""
-    stalled = (s["n_up"] < _RHO * span) | (~s["cut"] & (s["best"] <= s["best_ckpt"]))
+    stalled = (s.rises < _RHO * span) | (~s.halved & (s.best <= s.best_at_checkpoint))
     b = stalled.view(-1, 1, 1, 1)
-    s["eta"] = torch.where(stalled, s["eta"] / 2, s["eta"])
-    s["xa"] = torch.where(b, s["xbest"], s["xa"])
-    s["xprev"] = torch.where(b, s["xbest"], s["xprev"])  # no momentum across the jump
-    s["grad"] = torch.where(b, s["gbest"], s["grad"])
-    s["loss"] = torch.where(stalled, s["best"], s["loss"])
-    s["cut"], s["best_ckpt"] = stalled, s["best"].clone()
-    s["n_up"] = torch.zeros_like(s["n_up"])
+    s.eta = torch.where(stalled, s.eta / 2, s.eta)
+    s.xa = torch.where(b, s.xbest, s.xa)
+    s.xprev = torch.where(b, s.xbest, s.xprev)  # no momentum across the jump
+    s.grad = torch.where(b, s.gbest, s.grad)
+    s.loss = torch.where(stalled, s.best, s.loss)
+    s.halved, s.best_at_checkpoint = stalled, s.best.clone()
+    s.rises = torch.zeros_like(s.rises)
     return s
 
 
-def _evaluate(model: nn.Module, s: dict[str, Tensor], loss_fn: LossFn) -> Tensor:
+def _evaluate(model: nn.Module, s: ApgdRows, loss_fn: LossFn) -> Tensor:
     """Forward/backward at the current point; update the loss trend and the best point. Returns logits."""
-    loss, s["grad"], logits = loss_grad(model, s["xa"], s["y"], s.get("t"), loss_fn)
-    s["n_up"] = s["n_up"] + (loss > s["loss"]).long()
-    s["loss"] = loss
-    better = loss > s["best"]
+    loss, s.grad, logits = loss_grad(model, s.xa, s.y, s.target, loss_fn)
+    s.rises = s.rises + (loss > s.loss).long()
+    s.loss = loss
+    better = loss > s.best
     b = better.view(-1, 1, 1, 1)
-    s["best"] = torch.where(better, loss, s["best"])
-    s["xbest"] = torch.where(b, s["xa"], s["xbest"])
-    s["gbest"] = torch.where(b, s["grad"], s["gbest"])
+    s.best = torch.where(better, loss, s.best)
+    s.xbest = torch.where(b, s.xa, s.xbest)
+    s.gbest = torch.where(b, s.grad, s.gbest)
     return logits
 
 
-def _record(
-    s: dict[str, Tensor], logits: Tensor, out: Attacked, targeted_goal: bool, early_stop: bool
-) -> dict[str, Tensor]:
+def _record(s: ApgdRows, logits: Tensor, out: Attacked, targeted_goal: bool, early_stop: bool) -> ApgdRows:
     """Keep the first successful point of each image; with early_stop drop those rows."""
-    ok = success(logits, s["y"], s["t"] if targeted_goal else None)
-    out.store(s["idx"], s["xa"], ok & ~out.done[s["idx"]], logits)
-    return keep_rows(s, ~ok) if early_stop else s
+    ok = success(logits, s.y, s.target if targeted_goal else None)
+    out.store(s.idx, s.xa, ok & ~out.done[s.idx], logits)
+    return s.keep(~ok) if early_stop else s
 
 
 def apgd_run(
@@ -101,30 +118,31 @@ def apgd_run(
     if idx.numel() == 0:
         return
     start = random_start(x, eps, norm, gen)[idx]  # drawn for the full batch: reproducible
-    s = {"idx": idx, "x0": x[idx], "y": y[idx], "xa": start, "xprev": start, "xbest": start}
-    if target is not None:
-        s["t"] = target[idx]
     n, dev = idx.numel(), x.device
-    s.update(loss=torch.full((n,), -math.inf, device=dev), gbest=torch.zeros_like(start))
-    s.update(best=s["loss"].clone(), n_up=torch.zeros(n, dtype=torch.long, device=dev))
+    never = torch.full((n,), -math.inf, device=dev)
+    s = ApgdRows(
+        idx, x[idx], y[idx], start, None if target is None else target[idx],
+        xprev=start, xbest=start, gbest=torch.zeros_like(start), loss=never, best=never.clone(),
+        rises=torch.zeros(n, dtype=torch.long, device=dev),
+    )  # fmt: skip
     logits = _evaluate(model, s, loss_fn)  # sets the best point to the start
-    s.update(eta=torch.full((n,), 2.0 * eps, device=dev), n_up=torch.zeros_like(s["n_up"]))
-    s.update(best_ckpt=s["best"].clone(), cut=torch.zeros(n, dtype=torch.bool, device=dev))
+    s.eta, s.rises = torch.full((n,), 2.0 * eps, device=dev), torch.zeros_like(s.rises)
+    s.best_at_checkpoint, s.halved = s.best.clone(), torch.zeros(n, dtype=torch.bool, device=dev)
     s = _record(s, logits, out, targeted_goal, early_stop)
     marks, last = checkpoints(steps), 0
     for i in range(steps):
-        if s["idx"].numel() == 0:
+        if s.empty:
             return
-        z = project(s["xa"] + s["eta"].view(-1, 1, 1, 1) * ascent(s["grad"], norm), s["x0"], eps, norm)
+        z = project(s.xa + s.eta.view(-1, 1, 1, 1) * ascent(s.grad, norm), s.x0, eps, norm)
         a = _ALPHA if i > 0 else 1.0
-        x_new = project(s["xa"] + a * (z - s["xa"]) + (1 - a) * (s["xa"] - s["xprev"]), s["x0"], eps, norm)
-        s["xprev"], s["xa"] = s["xa"], x_new
+        x_new = project(s.xa + a * (z - s.xa) + (1 - a) * (s.xa - s.xprev), s.x0, eps, norm)
+        s.xprev, s.xa = s.xa, x_new
         logits = _evaluate(model, s, loss_fn)
         s = _record(s, logits, out, targeted_goal, early_stop)
         if i + 1 in marks:
             s, last = _halve_stalled(s, i + 1 - last), i + 1
-    left = ~out.done[s["idx"]]
-    out.store(s["idx"][left], s["xbest"][left])
+    left = ~out.done[s.idx]
+    out.store(s.idx[left], s.xbest[left])
 
 
 @attack_fn

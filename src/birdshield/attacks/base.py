@@ -11,13 +11,14 @@ An attack's body fills an :class:`Attacked` batch (recording the logits it saw a
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ParamSpec
+from typing import Any, ParamSpec, Self
 
 import torch
 import torch.nn.functional as F
@@ -194,9 +195,33 @@ def loss_grad(
     return loss.detach(), grad.detach(), logits.detach()
 
 
-def keep_rows(state: dict[str, Tensor], keep: Tensor) -> dict[str, Tensor]:
-    """Restrict every per-image tensor of an attack's state to the rows still being attacked."""
-    return {k: v[keep] for k, v in state.items()}
+@dataclass
+class Rows:
+    """The images an attack is still working on, one row each: where they sit in the output batch
+    (``idx``), their clean images, labels, current points and targets. Attacks add their own per-image
+    state in subclasses; :meth:`keep` narrows every tensor at once as images drop out."""
+
+    idx: Tensor
+    x0: Tensor
+    y: Tensor
+    xa: Tensor
+    target: Tensor | None = None
+
+    def keep(self, mask: Tensor) -> Self:
+        narrowed = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return dataclasses.replace(self, **{k: v[mask] for k, v in narrowed.items() if isinstance(v, Tensor)})
+
+    @property
+    def empty(self) -> bool:
+        return self.idx.numel() == 0
+
+
+@dataclass
+class GradientRows(Rows):
+    """Rows of the plain gradient attacks: the last gradient and MI-FGSM's accumulated one."""
+
+    grad: Tensor | None = None
+    momentum: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -364,28 +389,25 @@ def gradient_attack(
         if idx.numel() == 0:
             break
         noise = random_start(x, eps, norm, gen) if random_init else x  # full batch: reproducible
-        s = {"idx": idx, "x0": x[idx], "y": y[idx], "xa": noise[idx]}
-        if target is not None:
-            s["t"] = target[idx]
-        if momentum:
-            s["g"] = torch.zeros_like(s["x0"])
+        t = None if target is None else target[idx]
+        s = GradientRows(idx, x[idx], y[idx], noise[idx], t, momentum=torch.zeros_like(x[idx]))
         for _ in range(steps):
-            _, s["grad"], logits = loss_grad(model, s["xa"], s["y"], s.get("t"), loss_fn)
+            _, s.grad, logits = loss_grad(model, s.xa, s.y, s.target, loss_fn)
             if early_stop:
-                ok = success(logits, s["y"], s.get("t"))
-                out.store(s["idx"], s["xa"], ok, logits)
-                s = keep_rows(s, ~ok)
-                if s["idx"].numel() == 0:
+                ok = success(logits, s.y, s.target)
+                out.store(s.idx, s.xa, ok, logits)
+                s = s.keep(~ok)
+                if s.empty:
                     break
-            direction = s["grad"]
+            direction = s.grad
             if momentum:
                 l1 = direction.abs().mean((1, 2, 3), keepdim=True) + _TINY
-                s["g"] = direction = momentum * s["g"] + direction / l1
-            s["xa"] = project(s["xa"] + step_size * ascent(direction, norm), s["x0"], eps, norm)
+                s.momentum = direction = momentum * s.momentum + direction / l1
+            s.xa = project(s.xa + step_size * ascent(direction, norm), s.x0, eps, norm)
         logits = None  # of the final iterates: unknown unless another restart follows
-        if r < restarts - 1 and s["idx"].numel():
+        if r < restarts - 1 and not s.empty:
             with torch.no_grad():
-                logits = model(s["xa"])
-            out.store(s["idx"], s["xa"], success(logits, s["y"], s.get("t")), logits)
-        out.store(s["idx"], s["xa"], logits=logits)  # rows not fooled keep the latest restart's point
+                logits = model(s.xa)
+            out.store(s.idx, s.xa, success(logits, s.y, s.target), logits)
+        out.store(s.idx, s.xa, logits=logits)  # rows not fooled keep the latest restart's point
     return out
