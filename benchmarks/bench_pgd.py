@@ -59,9 +59,9 @@ SHARED = Path(os.environ.get("BIRDSHIELD_SHARED", REPO.parent / "shared"))
 
 
 def _model(run_dir: str | None):
-    from birdshield.models import imagenet_model, load
+    from birdshield.models import imagenet_model, load_checkpoint
 
-    return load(run_dir) if run_dir else imagenet_model().eval()
+    return load_checkpoint(run_dir) if run_dir else imagenet_model().eval()
 
 
 def prepare(args: argparse.Namespace, path: Path) -> None:

@@ -13,7 +13,8 @@ from birdshield import data
 from birdshield.models import create_model
 from birdshield.training.config import TrainConfig
 from birdshield.training.features import cache_key, feature_fn, split_features
-from birdshield.training.loop import FAST_CPU_MIN_IMAGES, _fast_cpu
+from birdshield.training.prepare import FAST_CPU_MIN_IMAGES
+from birdshield.training.prepare import _fast_cpu as _fast_cpu_logged
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -103,6 +104,10 @@ def test_onnx_features_match_torch(setup) -> None:
     with torch.no_grad():
         expected = model.forward_features(x)
     torch.testing.assert_close(feature_fn(model, torch.device("cpu"), cfg)(x), expected, atol=1e-4, rtol=1e-4)
+
+
+def _fast_cpu(cfg: TrainConfig, device: torch.device, n_train: int) -> TrainConfig:
+    return _fast_cpu_logged(cfg, device, n_train, lambda line: None)
 
 
 def test_fast_cpu_path_is_chosen_for_large_data_on_a_cpu_only() -> None:

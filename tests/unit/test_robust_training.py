@@ -25,8 +25,9 @@ from birdshield.training.config import (
     config_from_options,
     preset_defaults,
 )
-from birdshield.training.loop import TrainState, keep_if_best
 from birdshield.training.robust import Teacher, adversarial_loss, catastrophic_overfitting
+from birdshield.training.state import TrainState
+from birdshield.training.validation import keep_if_best
 
 FAST = [*TINY, "--probe-epochs", "0", "--depth", "full", "--batch-size", "12"]
 
@@ -183,7 +184,7 @@ def test_adversarial_loss_is_higher_than_clean_and_leaves_the_model_as_found():
 
 def test_overfitting_check_batch_survives_unreadable_sampled_images():
     from birdshield.data import DataError
-    from birdshield.training.loop import _overfit_probe
+    from birdshield.training.prepare import _overfit_probe
 
     class ThirdsUnreadable:  # 200 images; the strided sample (every 3rd from 0) hits only unreadable ones
         def __len__(self) -> int:

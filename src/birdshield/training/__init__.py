@@ -18,7 +18,7 @@ from .config import (
     preset_defaults,
 )
 
-_LAZY = {"train": ".loop", "TrainState": ".loop"}
+_LAZY = {"train": ".loop", "fit": ".loop", "prepare": ".prepare", "Run": ".prepare", "TrainState": ".state"}
 
 __all__ = [
     "FLAT_FIELDS",

@@ -98,6 +98,7 @@ class TrainConfig:
     ema_decay: float = 0.0  # validate and keep a moving average of the weights (0: the raw weights)
     teacher: str = ""  # run of the same classes whose predictions are distilled; "auto": train one first
     tta_flip: bool = False  # the saved model averages its logits over the image and its mirror image
+    consistency: float = 0.0  # weight of the consistency loss under the smoothing noise (0: off)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     adv: AdvConfig = field(default_factory=AdvConfig)
     seed: int = 0
@@ -107,6 +108,14 @@ class TrainConfig:
     workers: int = 2
     strict: bool = False  # fail on the first unreadable image instead of skipping it
     resume: bool = False
+
+    def __post_init__(self) -> None:
+        if self.consistency < 0:
+            raise ValueError(f"consistency must be >= 0, got {self.consistency}")
+        if self.consistency and (self.augment.noise_sigma <= 0 or self.adv.active):
+            raise ValueError(
+                "--consistency regularises noise training: it needs --noise-sigma > 0 and no --adv"
+            )
 
     @classmethod
     def from_preset(cls, name: str, data: str, out: str, **options: Any) -> TrainConfig:

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ..attacks import pgd
 from ..attacks.base import project, sealed
 from ..models import Classifier
-from .config import AdvConfig
+from .config import AdvConfig, TrainConfig
 
 
 def _trades_example(
@@ -75,6 +75,37 @@ def adversarial_loss(
         return loss_on(logits), logits
     logits_clean, logits = net(torch.cat([x, x_adv])).chunk(2)
     return (1 - cfg.clean_weight) * loss_on(logits) + cfg.clean_weight * loss_on(logits_clean), logits
+
+
+CONSISTENCY_COPIES = 2  # noisy copies of each image (Jeong & Shin's m)
+CONSISTENCY_ENTROPY = 0.5  # weight of the entropy of the mean prediction (their eta)
+
+
+def consistency_loss(
+    net: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    cfg: TrainConfig,
+    gen: torch.Generator,
+    soft_targets: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Gaussian-noise training with consistency regularisation (Jeong & Shin 2020, "Consistency
+    Regularization for Certified Robustness of Smoothed Classifiers"): cross-entropy on two noisy copies of
+    each image (std ``cfg.augment.noise_sigma``, unclipped, as smoothing adds it) plus ``cfg.consistency``
+    times the KL divergence of each copy's prediction from their mean, plus half the mean's entropy.
+    Agreeing under noise is what raises the smoothed classifier's top-class probability, and so the
+    certified radius. Returns (loss, logits of the first copies)."""
+    sigma, copies = cfg.augment.noise_sigma, CONSISTENCY_COPIES
+    noise = torch.randn((copies, *x.shape), generator=gen, device=x.device, dtype=x.dtype) * sigma
+    logits = net((x.unsqueeze(0) + noise).flatten(0, 1))
+    target = y.repeat(copies) if soft_targets is None else soft_targets.repeat(copies, 1)
+    ce = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
+    log_p = logits.float().log_softmax(1).unflatten(0, (copies, -1))  # (copies, N, classes)
+    mean = log_p.exp().mean(0)
+    log_mean = mean.clamp_min(1e-12).log()
+    kl = (mean * (log_mean - log_p)).sum(-1).mean()  # KL(mean || copy), averaged over copies and images
+    entropy = -(mean * log_mean).sum(-1).mean()
+    return ce + cfg.consistency * kl + CONSISTENCY_ENTROPY * entropy, logits[: len(y)]
 
 
 class Teacher(nn.Module):
