@@ -255,3 +255,18 @@ def test_fast_cpu_path_trains_the_cached_probe_and_a_rerun_reuses_its_features(
     a, b = (birdshield.models.load_checkpoint(tmp_path / name) for name in "ab")
     x = torch.rand(2, 3, 48, 48)
     torch.testing.assert_close(a(x), b(x))  # same features, same seed: the same head
+
+
+def test_training_seed_does_not_move_the_test_split_of_a_folder_tree(tmp_path: Path, make_image) -> None:
+    """A folder tree is split here; evaluate reads its test split with the default split seed, so a model
+    trained with another --seed must have trained on that split's complement, or test photos leak."""
+    from birdshield.training.config import TrainConfig
+    from birdshield.training.loop import _discover
+
+    for c in range(3):
+        for i in range(20):
+            make_image(tmp_path / "birds" / f"species {c}" / f"{i}.jpg", seed=100 * c + i, tint=c)
+    evaluated = {s.path for s in data.discover(tmp_path / "birds").splits["test"]}
+    for seed in (0, 3):
+        trained = _discover(TrainConfig(str(tmp_path / "birds"), "out", seed=seed)).splits
+        assert not evaluated & {s.path for s in trained["train"] + trained["valid"]}, seed

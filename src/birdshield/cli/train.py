@@ -102,6 +102,15 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "(test-time augmentation; twice the inference cost); attacks differentiate through it, so robustness "
         "is measured with it. Training validates the single view",
     )
+    g.add_argument(
+        "--consistency",
+        type=float,
+        default=d.consistency,
+        metavar="L",
+        help="with --noise-sigma: consistency regularisation of weight L (Jeong & Shin 2020; 5-20 is usual): "
+        "two noisy copies per image must agree, which raises the smoothed model's certified radii; twice the "
+        "training cost",
+    )
     g = p.add_argument_group(
         "augmentation (the original project's recipe: --noise-max 0.1 --rotate 20 --shift 0.1 --shear 10 "
         "--zoom 0.1)"
@@ -142,6 +151,33 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="stop at the first unreadable image instead of skipping it with a warning",
     )
     g.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT (same options)")
+    g = p.add_argument_group(
+        "cross-validation (choose a recipe without the test split; the test split is never read)"
+    )
+    g.add_argument(
+        "--cv",
+        type=int,
+        default=None,
+        metavar="K",
+        help="instead of one run: pool the train and valid images into K folds (stratified, seeded by "
+        "--seed), train the recipe K times, each time measuring the fold it never saw, and write OUT/cv.md "
+        "and cv.json (per fold and pooled, with intervals) beside each fold's run in OUT/fold-I; K runs' "
+        "time. Resumable: run the same command again",
+    )
+    g.add_argument(
+        "--cv-eps",
+        default=None,
+        metavar="LIST",
+        help="with --cv: eps (Linf) at which each held-out fold is attacked with the quick ensemble, e.g. "
+        "2/255,4/255 (default: those two for adversarial recipes, none otherwise: clean accuracy only)",
+    )
+    g.add_argument(
+        "--cv-folds",
+        default=None,
+        metavar="LIST",
+        help="with --cv: run only these folds now, e.g. 0,1 (numbered from 0); the summary covers the folds "
+        "done so far",
+    )
     g = p.add_argument_group("robust training (every defence is judged by `birdshield evaluate`)")
     g.add_argument(
         "--preset",
@@ -205,5 +241,16 @@ def run(args: argparse.Namespace) -> int:
         given["weights"] = None
     with options.usage_errors():
         cfg = config_from_options(args.data, args.out, **given)
-    train(cfg)
+        if args.cv is None:
+            if args.cv_eps or args.cv_folds:
+                raise ValueError("--cv-eps and --cv-folds go with --cv K")
+            train(cfg)
+            return 0
+        eps = [_eps(e) for e in options.split_list(args.cv_eps)] if args.cv_eps else None
+        folds = [int(f) for f in options.split_list(args.cv_folds)] if args.cv_folds else None
+    from ..training.cv import cross_validate
+
+    default_eps = (2 / 255, 4 / 255) if cfg.adv.active else ()
+    with options.usage_errors():  # a fold number or fold count out of range
+        cross_validate(cfg, args.cv, eps=default_eps if eps is None else eps, folds=folds)
     return 0

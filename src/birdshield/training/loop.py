@@ -135,7 +135,9 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
 
 
 def _discover(cfg: TrainConfig) -> data.Dataset:
-    dataset = data.discover(cfg.data, seed=cfg.seed)
+    # The split of a folder or CUB tree is seeded apart from the training seed: `evaluate` and `certify`
+    # must find the same test split whatever --seed trained the model, or test photos leak into training.
+    dataset = data.discover(cfg.data)
     if not dataset.splits["train"] or not dataset.splits["valid"]:
         raise data.DataError(f"{cfg.data}: training needs images in both the train and the valid split")
     return dataset

@@ -1,0 +1,57 @@
+"""`train --cv K`: folds of the train and valid images (never the test split), every held-out image counted
+once, robust never above clean, and a second run of the same command redoes nothing."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import TINY
+
+from birdshield import data
+from birdshield.cli import main
+from birdshield.training.cv import fold_dataset, fold_of
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_folds_are_stratified_disjoint_and_leave_the_test_split_alone(tiny_data: Path) -> None:
+    dataset = data.discover(tiny_data)
+    pool = dataset.splits["train"] + dataset.splits["valid"]
+    test = {s.path for s in dataset.splits["test"]}
+    sizes = Counter(fold_of(pool, 4, seed=3))
+    assert max(sizes.values()) - min(sizes.values()) <= 1  # equal folds
+    held_out = []
+    for fold in range(4):
+        split = fold_dataset(dataset, 4, fold, seed=3)
+        parts = [{s.path for s in split.splits[name]} for name in ("train", "valid", "test")]
+        assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+        assert set().union(*parts) == {s.path for s in pool}  # the whole pool, nothing else
+        assert not set().union(*parts) & test  # the real test split is never used
+        assert {s.label for s in split.splits["valid"]} == set(range(len(dataset.class_names)))
+        held_out += split.splits["test"]
+    assert sorted(s.path for s in held_out) == sorted(s.path for s in pool)  # each image held out once
+    assert fold_of(pool, 4, seed=3) != fold_of(pool, 4, seed=4)  # the seed deals other folds
+
+
+def test_cross_validation_counts_every_held_out_image_once_and_resumes(tiny_data: Path, tmp_path: Path):
+    out = tmp_path / "cv"
+    argv = ["train", str(tiny_data), "--out", str(out), *TINY, "--epochs", "1", "--probe-epochs", "3"]
+    argv += ["--cv", "2", "--cv-eps", "8/255"]
+    assert main(argv) == 0
+    summary = json.loads((out / "cv.json").read_text())
+    dataset = data.discover(tiny_data)
+    assert summary["pooled"]["n"] == len(dataset.splits["train"]) + len(dataset.splits["valid"])
+    assert summary["pooled"]["folds_done"] == [0, 1]
+    for fold in summary["folds"].values():
+        assert 0 <= fold["robust"][str(8 / 255)] <= fold["clean"] <= fold["n"]  # attacks only take away
+    low, high = summary["pooled"]["clean"]["ci95"]
+    assert low <= summary["pooled"]["clean"]["accuracy"] <= high
+    assert "all 2 of 2" in (out / "cv.md").read_text()
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
+    assert main(argv) == 0  # the same command again: nothing retrained, nothing re-measured
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")} == stamps
+    assert json.loads((out / "cv.json").read_text()) == summary
+    assert main([*argv[:-2], "--cv-eps", "4/255"]) == 2  # another recipe into the same folder is refused
