@@ -1,5 +1,6 @@
-# Shared by the scripts here: `bs` runs birdshield with THREADS threads, `step NAME COMMAND...` runs COMMAND
-# once per output folder (recorded in $O/done/NAME), so a killed script goes on where it stopped.
+# Shared by scripts/results_table.sh and experiments/recipe_seeds.sh: `bs` runs birdshield with THREADS
+# threads, `step NAME COMMAND...` runs COMMAND once per output folder (recorded in $O/done/NAME), so a killed
+# script goes on where it stopped.
 # Source it after setting O, the output folder.
 mkdir -p "$O/done"
 

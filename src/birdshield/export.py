@@ -4,10 +4,9 @@ The graph takes what the torch model takes, float32 RGB in [0, 1], NCHW at the m
 returns logits; mean/std normalisation is inside it. What a caller needs to feed it (class names, image
 size, how a photo becomes that tensor) travels in the file's metadata_props as JSON strings.
 
-Exporter: torch's TorchScript-based exporter (`dynamo=False`). It needs no extra package and exports
-tf_efficientnet_lite0 in 1.3-4 s on 2 busy CPU cores, where the torch.export-based exporter (torch's
-default) took 12-32 s for the same graph (its ReLU6 decomposition alone took 26 s), which matters because
-`runtime="onnx"` exports on first use. Both give the same logits. Before export, timm's dynamic TF "SAME"
+Exporter: torch's TorchScript-based exporter (`dynamo=False`). It needs no extra package and is several
+times faster than the torch.export-based one for these models, which matters because `runtime="onnx"`
+exports on first use; both give the same logits. Before export, timm's dynamic TF "SAME"
 convolutions (padding computed from the input size at every call) are swapped for timm's
 Conv2dSameExport with the padding fixed at the model's image size, so the graph holds constant pads
 instead of shape arithmetic.

