@@ -32,6 +32,7 @@ from birdshield.defenses import (
     Smoothed,
     certified_radius,
     lower_confidence_bound,
+    required_votes,
 )
 from birdshield.evaluation.certify import certified_accuracy
 from birdshield.models import load_checkpoint as load
@@ -110,6 +111,39 @@ def test_same_seed_same_votes() -> None:
     assert 20 < a[0, 0] < 80  # the noise really decides
     first, second = (smoothed.certify(x, n0=10, n=100, alpha=0.01, seed=7) for _ in range(2))
     assert torch.equal(first[0], second[0]) and torch.equal(first[1].nan_to_num(), second[1].nan_to_num())
+
+
+class _Counting(nn.Module):
+    """Threshold, counting the noisy images it is shown."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.images += len(x)
+        return Threshold()(x)
+
+
+def test_stopping_hopeless_images_early_changes_no_certificate_at_or_above_the_radius_asked() -> None:
+    # Means from certain to a coin toss under the noise: radii from large to none
+    x = torch.stack([torch.full((3, 4, 4), m) for m in (0.9, 0.6, 0.56, 0.53, 0.5, 0.47)])
+    sigma, n, min_radius = 0.2, 400, 0.05
+    full_model, early_model = _Counting(), _Counting()
+    full = Smoothed(full_model, sigma, batch_size=20).certify(x, n0=20, n=n, alpha=0.01, seed=5)
+    early = Smoothed(early_model, sigma, batch_size=20).certify(
+        x, n0=20, n=n, alpha=0.01, seed=5, min_radius=min_radius
+    )
+    full_r, early_r = full[1].nan_to_num(-1.0), early[1].nan_to_num(-1.0)
+    reached = full_r >= min_radius
+    assert 0 < int(reached.sum()) < len(x)  # some images reach the radius, some do not
+    assert torch.equal(early_r[reached], full_r[reached])  # the same certificates where they count
+    assert torch.equal(early[0][reached], full[0][reached])
+    assert (
+        early_r[~reached] == -1
+    ).all()  # the others abstain: never a certificate the full n would not give
+    assert early_model.images < full_model.images  # and they cost fewer forward passes
+    assert required_votes(n, 0.01, sigma, 0.0) == 0 and required_votes(n, 0.01, sigma, 10.0) == n + 1
 
 
 class _Recorder(nn.Module):

@@ -47,6 +47,15 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="noise samples that bound its probability (Cohen's n)",
     )
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability of each certificate")
+    p.add_argument(
+        "--min-radius",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="the smallest radius you care about: an image stops drawing noise (and counts as not certified) "
+        "as soon as it could not reach R even if every remaining sample voted its way. Certificates are "
+        "as valid as without it; the report's curve starts at R. Makes large --samples affordable",
+    )
     options.add_batch_size(p, 100, "noisy copies per forward pass")
     p.add_argument("--seed", type=int, default=0, help="seeds the subset and the noise")
     options.add_device(p)
@@ -65,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     from ..distributed import MEASURING_TIMEOUT, process_group
 
     params = {"sigma": args.sigma, "n0": args.selection_samples, "n": args.samples, "alpha": args.alpha}
+    if args.min_radius < 0:
+        raise options.UsageError(f"--min-radius must be >= 0, got {args.min_radius}")
     with options.usage_errors():
         check_params(**params, batch_size=args.batch_size)
     # one process unless under torchrun
@@ -98,6 +109,7 @@ def _run(args: argparse.Namespace, params: dict[str, Any], shard: Dist, device: 
         **params,
         seed=args.seed,
         batch_size=args.batch_size,
+        min_radius=args.min_radius,
         resume=args.resume,
         header=header,
         shard=shard,

@@ -12,7 +12,7 @@ from ..lazy import lazy_exports
 from .specs import DEFENSES, TRANSFORM_NAMES, SmoothingDefense
 
 _LAZY = {
-    "smoothing": ("ABSTAIN", "Smoothed", "certified_radius", "lower_confidence_bound"),
+    "smoothing": ("ABSTAIN", "Smoothed", "certified_radius", "lower_confidence_bound", "required_votes"),
     "transforms": (
         "EOT",
         "JPEG",

@@ -15,8 +15,9 @@ the textbook setting.) `train --noise-sigma` (and `--preset smoothing`) adds the
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -83,18 +84,23 @@ class Smoothed:
             buf = self._buffers[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
         return buf
 
-    def _votes(self, x: Tensor, sizes: Sequence[int], gen: torch.Generator) -> list[Tensor]:
+    def _votes(
+        self, x: Tensor, sizes: Sequence[int], gen: torch.Generator, stop: StopRule | None = None
+    ) -> list[Tensor]:
         """Votes of the base model on x + noise: one count vector per size, each from its own fresh draws.
 
-        Drawing all sizes in one stream lets CERTIFY's n0 and n samples share forward batches.
+        Drawing all sizes in one stream lets CERTIFY's n0 and n samples share forward batches. `stop`, given
+        the counts of the first sizes and the last size's counts so far, ends the draws early (the last
+        count vector then sums to fewer than its size).
         """
         total = sum(sizes)
         preds = torch.empty(total, dtype=torch.long, device=x.device)
         c, h, w = x.shape
+        done = 0
         with torch.inference_mode():
             noise = self._buffer("noise", (self.batch_size, h, w, c), x)
-            for start in range(0, total, self.batch_size):
-                b = min(self.batch_size, total - start)
+            while done < total:
+                b = min(self.batch_size, total - done)
                 # drawn as NHWC and viewed as NCHW: a channels_last batch without a copy (faster convs)
                 drawn = torch.randn((b, h, w, c), generator=gen, out=noise[:b]).permute(0, 3, 1, 2)
                 if self._contiguous_input:  # the same numbers, written once in NCHW order
@@ -104,9 +110,19 @@ class Smoothed:
                     batch = drawn.mul_(self.sigma).add_(x)
                 logits = self.model(batch)
                 self.num_classes = self.num_classes or logits.shape[1]
-                preds[start : start + b] = logits.argmax(1)
-        splits = preds.split(list(sizes))
-        return [torch.bincount(p, minlength=self.num_classes or 1).cpu() for p in splits]
+                preds[done : done + b] = logits.argmax(1)
+                done += b
+                if stop is not None and done >= total - sizes[-1] and stop(self._counts(preds[:done], sizes)):
+                    break
+        return self._counts(preds[:done], sizes)
+
+    def _counts(self, preds: Tensor, sizes: Sequence[int]) -> list[Tensor]:
+        """Count vectors per size of the predictions drawn so far (the last may be short)."""
+        bounds = [0]
+        for size in sizes:
+            bounds.append(min(bounds[-1] + size, len(preds)))
+        minlength = self.num_classes or 1
+        return [torch.bincount(preds[a:b], minlength=minlength).cpu() for a, b in itertools.pairwise(bounds)]
 
     def predict(self, x: Tensor, n: int, alpha: float, seed: int = 0) -> tuple[Tensor, Tensor]:
         """PREDICT for a batch (N, 3, H, W): (classes with ABSTAIN = -1, vote counts (N, classes)).
@@ -115,36 +131,76 @@ class Smoothed:
         alpha, so the answer differs from g(x) with probability at most alpha.
         """
         check_params(n=n, alpha=alpha)
-        gen = generator(x, seed)
-        counts = torch.stack([self._votes(img, [n], gen)[0] for img in x])
+        counts = torch.stack([self._votes(img, [n], generator(x, seed + i))[0] for i, img in enumerate(x)])
         classes = [int(c.argmax()) if _top2_significant(c, alpha) else ABSTAIN for c in counts]
         return torch.tensor(classes, dtype=torch.long), counts
 
-    def certify(self, x: Tensor, n0: int, n: int, alpha: float, seed: int = 0) -> tuple[Tensor, Tensor]:
+    def certify(
+        self, x: Tensor, n0: int, n: int, alpha: float, seed: int = 0, min_radius: float = 0.0
+    ) -> tuple[Tensor, Tensor]:
         """CERTIFY for a batch (N, 3, H, W): (classes with ABSTAIN = -1, L2 radii; NaN where abstained).
 
-        n0 samples pick the candidate class, n fresh samples bound its probability from below.
+        n0 samples pick the candidate class, n fresh samples bound its probability from below. With
+        `min_radius`, an image stops drawing (and abstains) as soon as its bound could not reach that
+        radius even if every remaining sample voted for the candidate: abstaining early never gives a
+        certificate the full n would not, so the guarantee is unchanged, and hopeless images cost little.
         """
-        classes, radii, _ = self.certify_with_votes(x, n0, n, alpha, seed)
+        classes, radii, _ = self.certify_with_votes(x, n0, n, alpha, seed, min_radius)
         return classes, radii
 
     def certify_with_votes(
-        self, x: Tensor, n0: int, n: int, alpha: float, seed: int = 0
+        self, x: Tensor, n0: int, n: int, alpha: float, seed: int = 0, min_radius: float = 0.0
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """`certify`, plus the vote counts (N, classes) of the n samples that bounded the probability
-        (what the page shows as the vote)."""
+        """`certify`, plus the vote counts (N, classes) of the samples that bounded the probability (what
+        the page shows as the vote; fewer than n where an image stopped early)."""
         check_params(n=n, alpha=alpha, n0=n0)
-        gen = generator(x, seed)
+        needed = required_votes(n, alpha, self.sigma, min_radius)
         classes, radii, votes = [], [], []
-        for img in x:
-            counts0, counts = self._votes(img, [n0, n], gen)
+        for i, img in enumerate(x):  # image i's noise is seeded with seed + i, whatever the others draw
+            counts0, counts = self._votes(img, [n0, n], generator(x, seed + i), _hopeless(n, needed))
             c_a = int(counts0.argmax())
-            radius = certified_radius(lower_confidence_bound(int(counts[c_a]), n, alpha), self.sigma)
+            radius = None
+            if int(counts.sum()) == n:  # not stopped early
+                radius = certified_radius(lower_confidence_bound(int(counts[c_a]), n, alpha), self.sigma)
             classes.append(ABSTAIN if radius is None else c_a)
             radii.append(math.nan if radius is None else radius)
             votes.append(counts)
         votes_t = torch.stack(votes) if votes else torch.zeros(0, self.num_classes or 0, dtype=torch.long)
         return torch.tensor(classes, dtype=torch.long), torch.tensor(radii, dtype=torch.float64), votes_t
+
+
+StopRule = Callable[[list[Tensor]], bool]
+
+
+def required_votes(n: int, alpha: float, sigma: float, radius: float) -> int:
+    """The fewest votes of n for the candidate class that certify `radius` (n + 1: none can)."""
+    if radius <= 0:
+        return 0
+    from scipy.stats import norm
+
+    target = float(norm.cdf(radius / sigma))
+    low, high = 0, n + 1  # binary search: the bound grows with the votes
+    while low < high:
+        mid = (low + high) // 2
+        if mid <= n and lower_confidence_bound(mid, n, alpha) >= target:
+            high = mid
+        else:
+            low = mid + 1
+    return low
+
+
+def _hopeless(n: int, needed: int) -> StopRule | None:
+    """Stop once the candidate (the n0 draws' winner) cannot reach `needed` votes of n even if every
+    draw left goes its way."""
+    if needed <= 0:
+        return None
+
+    def stop(counts: list[Tensor]) -> bool:
+        selection, votes = counts
+        drawn, candidate = int(votes.sum()), int(selection.argmax())
+        return int(votes[candidate]) + (n - drawn) < needed
+
+    return stop
 
 
 def check_params(*, n: int, alpha: float, n0: int = 1, sigma: float = 1.0, batch_size: int = 1) -> None:

@@ -33,13 +33,14 @@ def certified_accuracy(images: Sequence[dict], radii: Sequence[float]) -> list[d
     ]
 
 
-def _radius_grid(images: Sequence[dict]) -> list[float]:
-    """DEFAULT_RADII, more 0.25 steps past the largest radius, and every radius where the curve drops."""
+def _radius_grid(images: Sequence[dict], min_radius: float = 0.0) -> list[float]:
+    """DEFAULT_RADII, more 0.25 steps past the largest radius, and every radius where the curve drops; from
+    `min_radius` on (below it, images that stopped early are not counted, so the curve would be low)."""
     seen = [im["radius"] for im in images if im.get("correct")]
-    grid = set(DEFAULT_RADII) | set(seen)
+    grid = set(DEFAULT_RADII) | set(seen) | {min_radius}
     top = max([*seen, DEFAULT_RADII[-1]])
     grid |= {0.25 * k for k in range(1, int(top / 0.25) + 2)}
-    return sorted(grid)
+    return sorted(r for r in grid if r >= min_radius)
 
 
 def _certify_one(
@@ -51,7 +52,7 @@ def _certify_one(
     except data.BadImageError as e:
         return {**record, "prediction": None, "correct": False, "radius": None, "error": e.reason}
     start = time.perf_counter()
-    classes, radii = smoothed.certify(x, **args)
+    classes, radii, votes = smoothed.certify_with_votes(x, **args)
     seconds = time.perf_counter() - start
     with torch.inference_mode():
         base = int(smoothed.model(x).argmax(1))
@@ -63,6 +64,7 @@ def _certify_one(
         "correct": cls == sample.label,
         "radius": radius,
         "base_correct": base == sample.label,
+        "samples": int(votes[0].sum()),  # fewer than n: stopped early, unable to reach min_radius
         "seconds": round(seconds, 4),
     }
 
@@ -76,14 +78,16 @@ def certify_dataset(
     alpha: float = 0.001,
     seed: int = 0,
     batch_size: int = 100,
+    min_radius: float = 0.0,
 ) -> dict[str, Any]:
-    """CERTIFY every sample; per-image records plus certified accuracy against the radius.
+    """CERTIFY every sample; per-image records plus certified accuracy against the radius (from
+    `min_radius`: see Smoothed.certify).
 
     Each image's noise is seeded with seed + its index, so a record does not depend on the other images.
     Unreadable images are listed with their error and left out of the accuracies.
     """
     smoothed = Smoothed(model, sigma, batch_size)
-    params = {"n0": n0, "n": n, "alpha": alpha, "seed": seed}
+    params = {"n0": n0, "n": n, "alpha": alpha, "seed": seed, "min_radius": min_radius}
     return _summary(_certify_images(smoothed, samples, params, []), sigma=sigma, **params)
 
 
@@ -98,6 +102,7 @@ def certify_to_dir(
     alpha: float = 0.001,
     seed: int = 0,
     batch_size: int = 100,
+    min_radius: float = 0.0,
     resume: bool = False,
     header: Mapping[str, Any] | None = None,
     shard: Dist = SINGLE,
@@ -113,7 +118,7 @@ def certify_to_dir(
     """
     smoothed = Smoothed(model, sigma, batch_size)
     out = prepare_out_dir(out_dir)
-    params = {"n0": n0, "n": n, "alpha": alpha, "seed": seed}
+    params = {"n0": n0, "n": n, "alpha": alpha, "seed": seed, "min_radius": min_radius}
     mine = range(shard.rank, len(samples), shard.world)
     fingerprint = {
         "params": {"sigma": sigma, **params, "batch_size": batch_size},
@@ -180,6 +185,6 @@ def _summary(images: list[dict], **params: Any) -> dict[str, Any]:
         "clean_accuracy_of_base_model": sum(im["base_correct"] for im in ok) / count,
         "seconds_per_image": seconds / count,
         "images_per_second": len(ok) / seconds if seconds else None,
-        "certified_accuracy": certified_accuracy(images, _radius_grid(images)),
+        "certified_accuracy": certified_accuracy(images, _radius_grid(images, params.get("min_radius", 0))),
         "images": images,
     }
