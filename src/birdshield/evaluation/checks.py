@@ -62,11 +62,17 @@ def _gradient_flags(logits: Tensor, xg: Tensor, y: Tensor, g_ce: Tensor) -> list
     return ([] if finite else [non_finite]) + zero_flags
 
 
+CHECKED_IMAGES = 8  # of the first chunk: randomness, broken gradients or a wrong export show on any image
+
+
 def first_chunk_flags(
     model: nn.Module, forward_model: nn.Module | None, x: Tensor, y: Tensor, clean_logits: Tensor
 ) -> list[dict[str, str]]:
     """``model_flags``, and with a forward-only twin (which gave ``clean_logits``) a check that it computes
-    what the attacked model computes: the clean pass and the black-box attacks rest on it."""
+    what the attacked model computes: the clean pass and the black-box attacks rest on it. On the first
+    CHECKED_IMAGES images only: a forward and backward pass of a whole chunk costs as much as an attack
+    step on it, and these symptoms are not rare ones."""
+    x, y, clean_logits = x[:CHECKED_IMAGES], y[:CHECKED_IMAGES], clean_logits[:CHECKED_IMAGES]
     if forward_model is None:
         return model_flags(model, x, y, clean_logits)
     logits = inference_logits(model, x)
