@@ -1,0 +1,86 @@
+"""The README and the user guide stay true: every relative link points at a file, every `birdshield`
+command in their shell blocks is accepted by the parser as written, and every command they mention inline
+(`birdshield train DATA --cv K`, placeholders and all) names a real command and real options of it."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from birdshield.cli import build_parser
+
+PAGES = sorted([REPO / "README.md", REPO / "experiments" / "README.md", *(REPO / "docs").glob("*.md")])
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+SHELL_BLOCK = re.compile(r"```(?:bash|sh|shell)\n(.*?)```", re.S)
+INLINE_COMMAND = re.compile(r"`(birdshield [^`]+)`")
+
+
+def _commands(text: str) -> list[list[str]]:
+    """argv of every `birdshield ...` (or `torchrun ... -m birdshield.cli ...`) command in the page's shell
+    blocks, after `birdshield`."""
+    found = []
+    for block in SHELL_BLOCK.findall(text):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            found.append(shlex.split(line, comments=True))
+    argvs = []
+    for argv in found:
+        while argv and re.fullmatch(r"[A-Za-z_]+=\S*", argv[0]):  # VAR=value prefixes
+            argv = argv[1:]
+        if argv[:1] == ["birdshield"]:
+            argvs.append(argv[1:])
+        elif argv[:1] == ["torchrun"] and "birdshield.cli" in argv:
+            argvs.append(argv[argv.index("birdshield.cli") + 1 :])
+    return argvs
+
+
+def test_the_pages_quote_commands_and_links() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert len(_commands(readme)) >= 8 and LINK.search(readme)  # the checks below check something
+    assert INLINE_COMMAND.search(readme)
+    assert len(readme.splitlines()) <= 150
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_every_relative_link_points_at_a_file(page: Path) -> None:
+    broken = []
+    for target in LINK.findall(page.read_text()):
+        path = target.split("#")[0]
+        if path and not re.match(r"[a-z]+:", path) and not (page.parent / path).exists():
+            broken.append(target)
+    assert not broken, f"{page.name}: broken links {broken}"
+
+
+def _options(command: str) -> set[str] | None:
+    """The option strings of a subcommand (None: no such command)."""
+    subparsers = next(a for a in build_parser()._actions if a.dest == "command")
+    parser = subparsers.choices.get(command)
+    return None if parser is None else {s for a in parser._actions for s in a.option_strings}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_every_command_mentioned_inline_exists_with_its_options(page: Path) -> None:
+    unknown = []
+    for mention in INLINE_COMMAND.findall(page.read_text()):
+        words = mention.split()
+        options = _options(words[1]) if len(words) > 1 else None
+        flags = {w.split("=")[0] for w in words[2:] if w.startswith("--")}
+        if options is None or flags - options:
+            unknown.append(mention)
+    assert not unknown, f"{page.name}: no such command or option in {unknown}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_every_quoted_birdshield_command_parses(page: Path) -> None:
+    rejected = []
+    for argv in _commands(page.read_text()):
+        try:
+            args = build_parser().parse_args(argv)
+            if getattr(args, "preset", None):  # a preset changes the defaults the options are read against
+                build_parser(args.preset).parse_args(argv)
+        except SystemExit:
+            rejected.append(shlex.join(["birdshield", *argv]))
+    assert not rejected, f"{page.name}: the parser rejects {rejected}"
