@@ -183,7 +183,7 @@ def test_pgd_at_least_as_strong_as_fgsm(norm: str, eps: float, net: nn.Module, x
     x, y = xy
     fg = accuracy(net, ATTACKS["fgsm"](net, x, y, eps=eps, norm=norm), y)
     pg = accuracy(net, ATTACKS["pgd"](net, x, y, eps=eps, norm=norm, steps=10), y)
-    assert pg <= fg
+    assert pg < fg < accuracy(net, x, y)  # strictly: one step already bites, ten find more
 
 
 @pytest.mark.parametrize(
@@ -264,7 +264,7 @@ def test_early_stop_no_weaker_and_cheaper(name: str, kw: dict, eps: float, net: 
             accs.append(1 - success(net(out), y, kw["target"]).float().mean().item())
         else:
             accs.append(accuracy(net, out, y))
-    assert accs[0] <= accs[1]
+    assert accs[0] <= accs[1] < 1.0  # the attack fools some images; stopping early never fools fewer
     assert costs[0] < costs[1] if name != "fgsm" else costs[0] == costs[1] == len(x)
 
 
