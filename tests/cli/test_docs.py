@@ -4,6 +4,7 @@ command in their shell blocks is accepted by the parser as written, and every co
 
 from __future__ import annotations
 
+import argparse
 import re
 import shlex
 from pathlib import Path
@@ -54,11 +55,16 @@ def test_every_relative_link_points_at_a_file(page: Path) -> None:
     assert not broken, f"{page.name}: broken links {broken}"
 
 
-def _options(command: str) -> set[str] | None:
-    """The option strings of a subcommand (None: no such command)."""
-    subparsers = next(a for a in build_parser()._actions if a.dest == "command")
-    parser = subparsers.choices.get(command)
-    return None if parser is None else {s for a in parser._actions for s in a.option_strings}
+def _options(words: list[str]) -> set[str] | None:
+    """The option strings of the (sub)command the words name, e.g. ["data", "check"] (None: no such
+    command)."""
+    parser, found = build_parser(), None
+    for word in words:
+        commands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not commands or word not in commands[0].choices:
+            break
+        parser = found = commands[0].choices[word]
+    return None if found is None else {s for a in parser._actions for s in a.option_strings}
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(REPO).as_posix())
@@ -66,7 +72,7 @@ def test_every_command_mentioned_inline_exists_with_its_options(page: Path) -> N
     unknown = []
     for mention in INLINE_COMMAND.findall(page.read_text()):
         words = mention.split()
-        options = _options(words[1]) if len(words) > 1 else None
+        options = _options(words[1:])
         flags = {w.split("=")[0] for w in words[2:] if w.startswith("--")}
         if options is None or flags - options:
             unknown.append(mention)
