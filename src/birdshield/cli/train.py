@@ -146,6 +146,14 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     g.add_argument("--workers", type=int, default=d.workers, help="image-decoding worker processes")
     g.add_argument(
+        "--decode-cache",
+        choices=["auto", "on", "off"],
+        default=d.decode_cache,
+        help="decode every image once into a uint8 cache at the input size ($BIRDSHIELD_CACHE/decoded, "
+        "about 150 KB an image at 224 px) and read pixels every epoch instead of decoding files: what keeps "
+        "a GPU busy. auto: on when training on a GPU",
+    )
+    g.add_argument(
         "--strict",
         action="store_true",
         help="stop at the first unreadable image instead of skipping it with a warning",

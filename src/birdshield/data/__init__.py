@@ -7,14 +7,17 @@ loading: torch datasets and streamed batches. check: the `data check` health rep
 from __future__ import annotations
 
 from .check import check, format_check
+from .decoded import DecodedImages, as_float
 from .images import (
     IMAGE_EXTENSIONS,
     MAX_ASPECT,
     MAX_FILE_BYTES,
     MAX_PIXELS,
     BadImageError,
+    load_pixels,
     load_tensor,
     read_rgb,
+    to_pixels,
     to_tensor,
 )
 from .layouts import (
@@ -35,9 +38,11 @@ __all__ = [
     "MAX_FILE_BYTES",
     "MAX_PIXELS",
     "SPLITS",
+    "as_float",
     "BadImageError",
     "DataError",
     "Dataset",
+    "DecodedImages",
     "ImageDataset",
     "Sample",
     "check",
@@ -45,10 +50,12 @@ __all__ = [
     "discover",
     "format_check",
     "list_images",
+    "load_pixels",
     "load_tensor",
     "read_batches",
     "read_rgb",
     "samples_for_model",
     "stratified_subset",
+    "to_pixels",
     "to_tensor",
 ]

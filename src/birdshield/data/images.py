@@ -28,9 +28,11 @@ __all__ = [
     "MAX_FILE_BYTES",
     "MAX_PIXELS",
     "BadImageError",
+    "load_pixels",
     "load_tensor",
     "read_image_bytes",
     "read_rgb",
+    "to_pixels",
     "to_tensor",
 ]
 
@@ -93,9 +95,14 @@ def read_rgb(path: str | Path, max_pixels: int = MAX_PIXELS, min_side: int = 0) 
 
 def load_tensor(path: str | Path, size: int) -> torch.Tensor:
     """``to_tensor(read_rgb(path), size)``; any failure, resizing too, is a BadImageError naming the file."""
+    return load_pixels(path, size).float().div_(255.0)
+
+
+def load_pixels(path: str | Path, size: int) -> torch.Tensor:
+    """``to_pixels(read_rgb(path), size)``, uint8; any failure is a BadImageError naming the file."""
     img = read_rgb(path, min_side=size)
     try:
-        return to_tensor(img, size)
+        return to_pixels(img, size)
     except Exception as e:  # MemoryError included: one odd file must not stop a long job
         raise BadImageError(path, f"cannot resize to {size} x {size} ({_describe(e)})") from e
 
@@ -286,6 +293,12 @@ def to_tensor(img: Image.Image, size: int) -> torch.Tensor:
     An image beyond MAX_ASPECT (read_rgb refuses those; this guards images from elsewhere) is cropped to
     its centred square first, so the resized intermediate stays small.
     """
+    return to_pixels(img, size).float().div_(255.0)
+
+
+def to_pixels(img: Image.Image, size: int) -> torch.Tensor:
+    """`to_tensor`'s pixels before scaling: (3, size, size) uint8, a quarter of the memory (what the
+    decoded-image cache keeps; `pixels.float() / 255` is exactly `to_tensor`)."""
     if size < 1:
         raise ValueError(f"size must be a positive number of pixels, got {size}")
     if img.mode != "RGB":
@@ -303,4 +316,4 @@ def to_tensor(img: Image.Image, size: int) -> torch.Tensor:
         img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
     left, top = (new_w - size) // 2, (new_h - size) // 2
     img = img.crop((left, top, left + size, top + size))
-    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)

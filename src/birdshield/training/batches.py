@@ -29,7 +29,8 @@ def make_loader(
 
 
 def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
+    """A batch on the device as [0, 1] floats (uint8 pixels from the decoded cache are scaled there)."""
+    x = data.as_float(x.to(device, non_blocking=True))
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 

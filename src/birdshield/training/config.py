@@ -106,10 +106,13 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     channels_last: bool = True
     workers: int = 2
+    decode_cache: str = "auto"  # auto | on | off: decode images once into a uint8 cache (auto: on a GPU)
     strict: bool = False  # fail on the first unreadable image instead of skipping it
     resume: bool = False
 
     def __post_init__(self) -> None:
+        if self.decode_cache not in ("auto", "on", "off"):
+            raise ValueError(f"decode_cache must be 'auto', 'on' or 'off', got {self.decode_cache!r}")
         if self.consistency < 0:
             raise ValueError(f"consistency must be >= 0, got {self.consistency}")
         if self.consistency and (self.augment.noise_sigma <= 0 or self.adv.active):

@@ -36,13 +36,14 @@ FORMAT = 1
 CACHE_ENV = "BIRDSHIELD_CACHE"  # where caches live (default ~/.cache/birdshield)
 
 
-def cache_root(setting: str = "") -> Path | None:
-    """The folder of feature caches: `setting` (train's --feature-cache) if given, "none" for none."""
+def cache_root(setting: str = "", kind: str = "features") -> Path | None:
+    """The folder of `kind` caches ("features" or "decoded"): `setting` (train's --feature-cache) if given
+    for features, "none" for none; else $BIRDSHIELD_CACHE/KIND (default ~/.cache/birdshield/KIND)."""
     if setting == "none":
         return None
-    if setting:
+    if setting and kind == "features":
         return Path(setting)
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "birdshield") / "features"
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "birdshield") / kind
 
 
 def _trunk_digest(model: Classifier) -> str:
@@ -105,7 +106,7 @@ Item = tuple[int, tuple[Tensor, int] | None]
 def _collate(batch: list[Item]) -> tuple[list[int], list[int], Tensor | None]:
     good = [(row, item[0]) for row, item in batch if item is not None]
     bad = [row for row, item in batch if item is None]
-    return [row for row, _ in good], bad, torch.stack([t for _, t in good]) if good else None
+    return [row for row, _ in good], bad, data.as_float(torch.stack([t for _, t in good])) if good else None
 
 
 class _Features(nn.Module):

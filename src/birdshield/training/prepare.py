@@ -21,6 +21,7 @@ from ..models import CheckpointError, Classifier, create_model, load_checkpoint
 from .average import WeightAverage
 from .batches import make_loader, to_device
 from .config import TrainConfig
+from .features import cache_root
 from .optim import make_optimizer
 from .probe import probe_on_cached_features
 from .resume import RESUME_FILE, load_resume
@@ -50,8 +51,8 @@ class Run:
     opt: torch.optim.Optimizer
     average: WeightAverage | None
     teacher: Teacher | None
-    train_ds: data.ImageDataset
-    valid_ds: data.ImageDataset
+    train_ds: data.ImageDataset | data.DecodedImages
+    valid_ds: data.ImageDataset | data.DecodedImages
     meta: dict[str, Any]  # birdshield.json beside the model (metrics are added per checkpoint)
     fingerprint: str  # of the options and images: a resume must match it
     state: TrainState
@@ -71,8 +72,7 @@ def prepare(
     torch.manual_seed(cfg.seed)
     cfg = _fast_cpu(cfg, device, len(dataset.splits["train"]), log)
     model = create_model(dataset.class_names, arch=cfg.arch, weights=cfg.weights, image_size=cfg.image_size)
-    train_ds = data.ImageDataset(dataset.splits["train"], model.image_size, strict=cfg.strict)
-    valid_ds = data.ImageDataset(dataset.splits["valid"], model.image_size, strict=cfg.strict)
+    train_ds, valid_ds = (_images(dataset.splits[s], model.image_size, cfg, device, d, log) for s in SPLITS)
     log(
         f"{dataset.layout} layout, {len(dataset.class_names)} classes, "
         f"{len(train_ds)} train / {len(valid_ds)} valid images at {model.image_size}px; "
@@ -124,6 +124,24 @@ def prepare(
         epochs=epochs,
         overfit_batch=_overfit_probe(train_ds, cfg, device) if cfg.adv.method == "fgsm" else None,
     )
+
+
+SPLITS = ("train", "valid")
+
+
+def _images(
+    samples: list[data.Sample], size: int, cfg: TrainConfig, device: torch.device, d: Dist, log: Callable
+) -> data.ImageDataset | data.DecodedImages:
+    """A split's images as the loader reads them: decoded once into a uint8 cache, or decoded by the
+    loader's workers every epoch. On a GPU the cache ("auto") keeps the model fed; on a CPU the model is
+    the bottleneck and decoding costs little next to it."""
+    if cfg.decode_cache == "off" or (cfg.decode_cache == "auto" and device.type != "cuda"):
+        return data.ImageDataset(samples, size, strict=cfg.strict)
+    folder = cache_root(kind="decoded")
+    folder = folder / f"rank{d.rank}" if d.world > 1 else folder  # no two processes write one file
+    images = data.DecodedImages(samples, size, folder, workers=max(cfg.workers, 2) * 2, strict=cfg.strict)
+    log(f"input pipeline: {len(samples)} images decoded once at {size}px into {images.folder}")
+    return images
 
 
 def _fast_cpu(
