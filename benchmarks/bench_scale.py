@@ -2,6 +2,7 @@
 
     python benchmarks/bench_scale.py [--sizes 10 40] [--species 525] [--steps check,train,fast,...]
                                      [--work DIR] [--device auto] [--workers 0 2] [--threads T]
+                                     [--pipelines decode cache]
 
 Builds, once per size K (kept under ``--work`` for later runs), a synthetic Kaggle-layout tree of
 ``--species`` species x K training photos (+1 valid, +1 test each) from the real photos under
@@ -13,7 +14,11 @@ Then, per size, each step as a whole process (wall time, and peak RSS of its lar
 
 - check:    ``birdshield data check TREE`` (every split; seconds per image over all photos)
 - train:    ``birdshield train TREE --epochs 1 --fast-cpu off`` (probe on cached features + one fine-tune
-            epoch of the last blocks; per train+valid image), with a fresh feature cache
+            epoch of the last blocks; per train+valid image), with a fresh feature cache, once per input
+            pipeline of ``--pipelines``: ``decode`` (the loader's workers decode every epoch) and ``cache``
+            (``--decode-cache on``: decoded once into a uint8 cache, which the step fills first)
+- robust:   ``birdshield train TREE --preset robust-gpu --epochs 1`` without its teacher, once per pipeline
+            (a GPU step: adversarial training costs hours per epoch of BIRDS-525 on a CPU)
 - fast:     ``birdshield train TREE --fast-cpu on`` (the path ``auto`` takes on a CPU from 10,000 training
             images; per train+valid image), with a fresh feature cache
 - predict:  ``birdshield predict RUN TREE/train`` (per image), once per ``--workers`` value
@@ -43,14 +48,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BIRDSHIELD_SHARED", REPO.parent / "shared"))
 BIRDS_525 = 84_635 + 2_625  # the photos training reads on the full data set (train + valid)
-STEPS = ("check", "train", "fast", "predict", "evaluate")
+STEPS = ("check", "train", "robust", "fast", "predict", "evaluate")
+PIPELINES = {"decode": ["--decode-cache", "off"], "cache": ["--decode-cache", "on"]}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", type=int, nargs=2, default=[10, 40], help="training photos per species")
     p.add_argument("--species", type=int, default=525, help="species in the synthetic tree")
-    p.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)}")
+    p.add_argument(
+        "--steps",
+        default=",".join(s for s in STEPS if s != "robust"),
+        help=f"comma-separated subset of {','.join(STEPS)} (robust, a GPU step, is not in the default)",
+    )
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "birdshield-scale")
     p.add_argument("--source", type=Path, default=SHARED / "data", help="folder of real photos to re-encode")
     p.add_argument("--device", default="auto", help="device of train/predict/evaluate")
@@ -62,6 +72,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "default: each command's own",
     )
     p.add_argument("--threads", type=int, default=0, help="birdshield --threads (0: torch's default)")
+    p.add_argument(
+        "--pipelines",
+        nargs="+",
+        choices=sorted(PIPELINES),
+        default=["decode", "cache"],
+        help="training input pipelines to compare (train and robust steps)",
+    )
     return p.parse_args(argv)
 
 
@@ -160,8 +177,14 @@ def measure(args: argparse.Namespace, tree: Path, out: Path) -> dict[str, dict]:
     train = [*cli, "train", str(tree), *dev, "--feature-cache"]
     plan = {"check": ([*cli, "data", "check", str(tree)], n_all)}
     for tag, workers in variants:
-        cmd = [*train, str(out / f"cache{tag}"), "--out", str(out / "run"), "--fast-cpu", "off"]
-        plan[f"train{tag}"] = ([*cmd, "--epochs", "1", *workers], n_fit)
+        for pipeline in args.pipelines:
+            cmd = [*train, str(out / f"cache{tag}-{pipeline}"), "--out", str(out / f"run-{pipeline}")]
+            cmd += ["--fast-cpu", "off", "--epochs", "1", *workers, *PIPELINES[pipeline]]
+            plan[f"train{tag}-{pipeline}"] = (cmd, n_fit)
+    for pipeline in args.pipelines:
+        cmd = [*train, str(out / f"cache-robust-{pipeline}"), "--out", str(out / f"robust-{pipeline}")]
+        cmd += ["--preset", "robust-gpu", "--epochs", "1", "--teacher=", *PIPELINES[pipeline]]
+        plan[f"robust-{pipeline}"] = (cmd, n_fit)
     plan["fast"] = ([*train, str(out / "cache-fast"), "--out", str(run), "--fast-cpu", "on"], n_fit)
     for tag, workers in variants:
         cmd = [*cli, "predict", str(run), str(tree / "train"), "--out", str(out / "p.csv"), *dev]
@@ -171,7 +194,7 @@ def measure(args: argparse.Namespace, tree: Path, out: Path) -> dict[str, dict]:
     steps = set(args.steps.split(","))
     results = {}
     for name, (cmd, images) in plan.items():
-        if name.split("-w")[0] not in steps:
+        if name.split("-")[0] not in steps:
             continue
         if not run.is_dir() and name.startswith(("predict", "evaluate")):
             raise SystemExit(f"step {name} needs the fast step's run ({run}): add 'fast' to --steps")
