@@ -22,6 +22,11 @@ divided by the number of images:
 - (b) ``birdshield certify RUN DATA --n-images N --runtime torch``.
 - (c) the same with ``--runtime onnx`` (the default on a CPU). Its one-off export into RUN/model.onnx is done
   (and timed) before the runs, so (c) measures what every later run pays.
+- (d) with ``--min-radius R``: (c) (or (b) on a GPU) stopping each image as soon as it cannot reach R. Its
+  certified accuracy at radii of at least R is (c)'s exactly; below R it is not measured ("-").
+
+``--device cuda`` runs every side on a GPU (the plain loop moves its model and batches there; ours get
+``--device``); (c) is left out there, onnxruntime being a CPU runtime here.
 
 All sides get the same ``--threads`` (0: each library's default), sigma, n0, n, alpha and batch size. The
 noise differs between (a) and ours (another RNG), so certified accuracies agree within sampling, not
@@ -43,7 +48,7 @@ from _plain import plain_model, timed
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BIRDSHIELD_SHARED", REPO.parent / "shared"))
-RADII = (0.0, 0.25, 0.5)
+RADII = (0.0, 0.25, 0.5, 1.0)
 
 
 def plain_certify(args: argparse.Namespace, run_dir: Path, list_file: Path, out: Path) -> None:
@@ -56,6 +61,7 @@ def plain_certify(args: argparse.Namespace, run_dir: Path, list_file: Path, out:
     from scipy.stats import beta, norm
 
     model, preprocess, names = plain_model(run_dir, args.threads)
+    model = model.to(args.device)
     torch.manual_seed(args.seed)
 
     def sample_noise(x: torch.Tensor, num: int) -> np.ndarray:
@@ -67,13 +73,13 @@ def plain_certify(args: argparse.Namespace, run_dir: Path, list_file: Path, out:
                 batch = x.repeat((this_batch, 1, 1, 1))
                 noise = torch.randn_like(batch) * args.sigma
                 predictions = model(batch + noise).argmax(1)
-                counts += np.bincount(predictions.numpy(), minlength=len(names))
+                counts += np.bincount(predictions.cpu().numpy(), minlength=len(names))
         return counts
 
     records = []
     for line in list_file.read_text().splitlines():
         path, label = line.split("\t")
-        x = preprocess(Image.open(path).convert("RGB"))
+        x = preprocess(Image.open(path).convert("RGB")).to(args.device)
         c_hat = int(sample_noise(x, args.selection_samples).argmax())
         n_a = int(sample_noise(x, args.samples)[c_hat])
         p_lower = beta.ppf(args.alpha, n_a, args.samples - n_a + 1) if n_a else 0.0
@@ -95,10 +101,14 @@ def _samples(args: argparse.Namespace, run_dir: Path) -> list[tuple[str, str]]:
     return [(str(s.path), names[s.label]) for s in data.stratified_subset(samples, args.n_images, args.seed)]
 
 
-def _accuracies(records: list[dict]) -> list[float]:
-    """Certified accuracy at RADII: correct with a radius of at least r (abstentions are never correct)."""
+def _accuracies(records: list[dict], below: float = 0.0) -> list[float | None]:
+    """Certified accuracy at RADII: correct with a radius of at least r (abstentions are never correct);
+    None below `below` (a --min-radius run does not measure those)."""
     ok = [r for r in records if not r.get("error")]
-    return [sum(r["correct"] and r["radius"] >= radius for r in ok) / max(1, len(ok)) for radius in RADII]
+    return [
+        None if radius < below else sum(r["correct"] and r["radius"] >= radius for r in ok) / max(1, len(ok))
+        for radius in RADII
+    ]
 
 
 def _run_dir(args: argparse.Namespace, tmp: Path) -> Path:
@@ -129,6 +139,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch/onnxruntime threads (0 = default)")
     p.add_argument("--repeats", type=int, default=1, help="rounds; each side's fastest run is kept")
     p.add_argument("--keep-run", help="where to make (or find) the benchmark's model when no RUN_DIR")
+    p.add_argument("--min-radius", type=float, default=0.0, help="adds side (d): ours with --min-radius R")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N, for every side")
     p.add_argument("--plain", nargs=3, metavar=("RUN", "LIST", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.plain:
@@ -157,25 +169,35 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         sys.executable, "-m", "birdshield.cli", "--threads", str(args.threads), "certify", str(run_dir),
         str(args.data), "--split", args.split, "--n-images", str(args.n_images), *shared,
     ]  # fmt: skip
-    plain = [sys.executable, __file__, *shared, "--threads", str(args.threads), "--plain", str(run_dir)]
+    ours += ["--device", args.device]
+    plain = [sys.executable, __file__, *shared, "--threads", str(args.threads), "--device", args.device]
+    plain += ["--plain", str(run_dir)]
+    cpu = args.device == "cpu"
     sides = {
         "(a) plain torch loop of Cohen's CERTIFY": ([*plain, str(list_file), str(tmp / "a.json")], plain_env),
         "(b) birdshield certify --runtime torch": (
             [*ours, "--runtime", "torch", "--out", str(tmp / "b")],
             env,
         ),
-        "(c) birdshield certify --runtime onnx": ([*ours, "--runtime", "onnx", "--out", str(tmp / "c")], env),
     }
+    if cpu:
+        sides["(c) birdshield certify --runtime onnx"] = (
+            [*ours, "--runtime", "onnx", "--out", str(tmp / "c")],
+            env,
+        )
+    if args.min_radius:
+        runtime = "onnx" if cpu else "torch"
+        early = [*ours, "--runtime", runtime, "--min-radius", str(args.min_radius), "--out", str(tmp / "d")]
+        sides[f"(d) ... --runtime {runtime} --min-radius {args.min_radius:g}"] = (early, env)
     best: dict[str, float] = {}
     for _ in range(args.repeats):
         for name, (cmd, side_env) in sides.items():
             seconds, _ = timed(cmd, side_env)
             best[name] = min(best.get(name, seconds), seconds)
-    records = {
-        "a": json.loads((tmp / "a.json").read_text())["images"],
-        "b": json.loads((tmp / "b" / "certify.json").read_text())["images"],
-        "c": json.loads((tmp / "c" / "certify.json").read_text())["images"],
-    }
+    records = {"a": json.loads((tmp / "a.json").read_text())["images"]}
+    for key in "bcd":
+        if (tmp / key / "certify.json").is_file():
+            records[key] = json.loads((tmp / key / "certify.json").read_text())["images"]
     _print(args, run_dir, chosen, export_s, best, records)
 
 
@@ -199,10 +221,26 @@ def _print(
     print(f"{'side':42s} {'wall s':>8s} {'s/image':>8s} {'vs (a)':>7s}{header}  (certified accuracy)")
     baseline = best["(a) plain torch loop of Cohen's CERTIFY"]
     for name, seconds in best.items():
-        accuracies = "".join(f" {100 * a:6.1f}%" for a in _accuracies(records[name[1]]))
+        below = args.min_radius if name.startswith("(d)") else 0.0
+        cells = _accuracies(records[name[1]], below)
+        accuracies = "".join(f" {'-':>7s}" if a is None else f" {100 * a:6.1f}%" for a in cells)
         print(f"{name:42s} {seconds:8.1f} {seconds / n:8.2f} {baseline / seconds:6.2f}x{accuracies}")
-    same = sum(x["prediction"] == y["prediction"] for x, y in zip(records["b"], records["c"], strict=True))
-    print(f"same smoothed prediction (b) vs (c): {same}/{n}")
+    if "c" in records:
+        same = sum(
+            x["prediction"] == y["prediction"] for x, y in zip(records["b"], records["c"], strict=True)
+        )
+        print(f"same smoothed prediction (b) vs (c): {same}/{n}")
+    if "d" in records:
+        full = records["c" if "c" in records else "b"]
+        kept = [
+            (x["radius"] or 0) < args.min_radius or x["radius"] == y["radius"]
+            for x, y in zip(full, records["d"], strict=True)
+        ]
+        drawn = sum(r.get("samples", args.samples) for r in records["d"])
+        print(
+            f"(d) gives every certificate of at least {args.min_radius:g} that the full run gives: "
+            f"{'yes' if all(kept) else 'NO'}; noise samples drawn {drawn:,} of {n * args.samples:,}"
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Prediction throughput: a plain timm + torchvision loop vs `birdshield predict` (torch and onnxruntime).
 
     python benchmarks/bench_predict.py [--data DIR] [--limit N] [--threads T] [--repeats R]
+                                       [--device cuda] [--workers W]
 
 Photos: every image of every split of ``--data`` (default ``$BIRDSHIELD_SHARED/data/kaggle-504``, else
 ``<repo>/../shared/data/kaggle-504``: 2,520 photos), the first ``--limit`` in path order for a smoke test.
@@ -17,9 +18,10 @@ Each side is a whole process (subprocess, wall time from start to exit, start-up
 - (c) the same with ``--runtime onnx``. Its one-off export into RUN/model.onnx is done (and timed) before
   the runs, so (c) measures what every later run pays.
 
-All sides get the same ``--threads`` (0: each library's default). Prints images/s, the ratio of each to (a)
-and how often the top-1 species agree. ``--repeats`` runs the three sides round-robin R times and keeps
-each side's fastest run (a busy machine only ever makes a run slower).
+All sides get the same ``--threads`` (0: each library's default) and ``--device`` (a GPU: the plain loop
+moves its batches there; ours takes ``--device`` and ``--workers`` decoding threads). Prints images/s, the
+ratio of each to (a) and how often the top-1 species agree. ``--repeats`` runs the three sides round-robin
+R times and keeps each side's fastest run (a busy machine only ever makes a run slower).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ SHARED = Path(os.environ.get("BIRDSHIELD_SHARED", REPO.parent / "shared"))
 BATCH = 32
 
 
-def plain_loop(run_dir: Path, list_file: Path, out: Path, threads: int) -> None:
+def plain_loop(run_dir: Path, list_file: Path, out: Path, threads: int, device: str = "cpu") -> None:
     """Side (a), as a user would write it."""
     import json
 
@@ -54,7 +56,7 @@ def plain_loop(run_dir: Path, list_file: Path, out: Path, threads: int) -> None:
     class_names = json.loads((run_dir / "birdshield.json").read_text())["class_names"]
     net = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=len(class_names))
     net.load_state_dict(safetensors.torch.load_file(str(run_dir / "model.safetensors")))
-    net.eval()
+    net.eval().to(device)
     preprocess = transforms.Compose(
         [
             transforms.Resize(224),
@@ -68,7 +70,7 @@ def plain_loop(run_dir: Path, list_file: Path, out: Path, threads: int) -> None:
     with torch.no_grad():
         for start in range(0, len(paths), BATCH):
             batch = paths[start : start + BATCH]
-            x = torch.stack([preprocess(Image.open(p).convert("RGB")) for p in batch])
+            x = torch.stack([preprocess(Image.open(p).convert("RGB")) for p in batch]).to(device)
             for path, i in zip(batch, net(x).argmax(1).tolist(), strict=True):
                 rows.append((path, class_names[i]))
     with open(out, "w", newline="") as f:
@@ -102,10 +104,12 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N photos (smoke test)")
     parser.add_argument("--threads", type=int, default=0, help="torch/onnxruntime threads (0 = default)")
     parser.add_argument("--repeats", type=int, default=1, help="rounds; each side's fastest run is kept")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N, for every side")
+    parser.add_argument("--workers", type=int, default=None, help="our decoding threads (default: predict's)")
     parser.add_argument("--plain", nargs=3, metavar=("RUN", "LIST", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plain:
-        plain_loop(Path(args.plain[0]), Path(args.plain[1]), Path(args.plain[2]), args.threads)
+        plain_loop(Path(args.plain[0]), Path(args.plain[1]), Path(args.plain[2]), args.threads, args.device)
         return
     photos = _photos(args.data, args.limit)
     if not photos:
@@ -128,7 +132,17 @@ def run(args: argparse.Namespace, photos: list[Path], tmp: Path) -> None:
     plain_env = {k: v for k, v in env.items() if not k.startswith("MALLOC_")}
     threads = ["--threads", str(args.threads)]
     ours = [sys.executable, "-m", "birdshield.cli", *threads, "predict", str(run_dir), *map(str, photos)]
-    plain = [sys.executable, __file__, *threads, "--plain", str(run_dir), str(list_file)]
+    ours += ["--device", args.device, *(["--workers", str(args.workers)] if args.workers is not None else [])]
+    plain = [
+        sys.executable,
+        __file__,
+        *threads,
+        "--device",
+        args.device,
+        "--plain",
+        str(run_dir),
+        str(list_file),
+    ]
     sides = {
         "(a) plain timm + torchvision": (plain, plain_env),
         "(b) birdshield predict": ([*ours, "--runtime", "torch", "--out"], env),
@@ -140,7 +154,10 @@ def run(args: argparse.Namespace, photos: list[Path], tmp: Path) -> None:
             seconds, _ = timed([*cmd, str(tmp / f"{name[1]}.csv")], side_env)
             best[name] = min(best.get(name, seconds), seconds)
 
-    print(f"photos: {len(photos)} from {args.data} (all splits); threads: {args.threads or 'default'}")
+    print(
+        f"photos: {len(photos)} from {args.data} (all splits); threads: {args.threads or 'default'}; "
+        f"device {args.device}"
+    )
     print("model: untrained head over the offline ImageNet tf_efficientnet_lite0 weights, one run directory")
     print(f"one-off ONNX export into the run directory: {export_s:.1f} s (cached; not part of (c))")
     print(f"{'side':40s} {'wall s':>8s} {'images/s':>9s} {'vs (a)':>7s}")
