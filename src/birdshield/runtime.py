@@ -150,6 +150,21 @@ def stage_progress(desc: str) -> Iterator[Callable[[str, int, int | None], None]
         bar.close()
 
 
+@contextlib.contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """One writer per cache folder: a second process wanting the same folder waits for the first, then
+    reads what it wrote (an advisory lock on folder/lock)."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write then rename, so a kill mid-write leaves the old file intact, never a half-written one.
 

@@ -11,12 +11,10 @@ of them into the [0, 1] floats every model takes, bit for bit what decoding the 
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
-from ..runtime import atomic_write_json, progress
+from ..runtime import atomic_write_json, locked, progress
 from .images import BadImageError, load_pixels
 from .layouts import Sample
 
@@ -55,7 +53,7 @@ class DecodedImages(TorchDataset):
         self.samples, self.size = list(samples), size
         self.folder = Path(folder) / cache_key(self.samples, size)
         self._pixels: np.ndarray | None = None  # opened lazily in each process (memmaps do not pickle)
-        with _locked(self.folder):
+        with locked(self.folder):
             self.ok = _fill(self.folder, self.samples, size, workers, strict)
 
     def __len__(self) -> int:
@@ -74,18 +72,6 @@ class DecodedImages(TorchDataset):
 
 def _pixels(folder: Path, n: int, size: int, mode: str) -> np.memmap:
     return np.memmap(folder / "pixels.u8", np.uint8, mode, shape=(n, size, size, 3))
-
-
-@contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """One writer per cache: a second run with the same key waits for the first, then reads its rows."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _fill(folder: Path, samples: Sequence[Sample], size: int, workers: int, strict: bool) -> np.ndarray:

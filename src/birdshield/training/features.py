@@ -10,13 +10,11 @@ memory map, which the probe then reads batch by batch.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import data
 from ..models import Classifier
-from ..runtime import atomic_write_json, progress
+from ..runtime import atomic_write_json, locked, progress
 from .batches import autocast, to_device
 from .config import TrainConfig
 
@@ -147,18 +145,6 @@ def feature_fn(model: Classifier, device: torch.device, cfg: TrainConfig) -> Cal
 VIEW_FNS = {"plain": lambda x: x, "flip": lambda x: x.flip(-1)}  # the views a cache can hold
 
 
-@contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """One writer per cache: a second run with the same key waits for the first, then reads its rows."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _open(folder: Path, n: int, dim: int, views: Sequence[str]) -> tuple[dict, dict, np.memmap]:
     """The cache's progress and memory maps, created empty where missing or from another shape."""
     state_path = folder / "progress.json"
@@ -240,5 +226,5 @@ def split_features(
     if cache is None:
         return _fill(None, ds, views, forward, dim, cfg, desc), None
     key = cache_key(model, ds.samples)
-    with _locked(cache / key):
+    with locked(cache / key):
         return _fill(cache / key, ds, views, forward, dim, cfg, desc), key
