@@ -99,9 +99,25 @@ def test_evaluate_and_certify_into_report_folders(run: Path, tiny_data: Path, tm
     )
 
 
-def test_attack_files_writes_images_inside_the_ball(run: Path, tiny_data: Path, tmp_path: Path):
+@pytest.mark.parametrize(
+    ("attack", "norm", "eps"), [("pgd", "linf", 4 / 255), ("pgd", "l2", 0.3), ("cw", "l2", 0.3)]
+)
+def test_every_written_png_is_inside_the_ball(
+    run: Path, tiny_data: Path, tmp_path: Path, attack: str, norm: str, eps: float
+):
+    """What `attack` writes is what is judged: the 8-bit PNG read back, not the float image, must lie
+    within eps of the photo as the model saw it (rounding to 8 bits can lengthen an L2 change)."""
     model = birdshield.load(run, device="cpu")
-    folder = tiny_data / "test" / model.class_names[0]
-    rows = attack_files(model, [folder], tmp_path / "adv", attack="fgsm", eps=4 / 255)
-    assert rows and all(r["error"] == "" and float(r["linf"]) <= 4 / 255 + 1e-6 for r in rows)
-    assert (tmp_path / "adv" / "attack.csv").is_file()
+    folder = tiny_data / "test"
+    rows = attack_files(model, [folder], tmp_path / "adv", attack=attack, eps=eps, norm=norm, steps=20)
+    assert rows and all(r["error"] == "" for r in rows)
+    sizes = []
+    for r in rows:
+        x = data.load_tensor(r["image"], model.image_size)
+        x_png = data.to_tensor(data.read_rgb(r["output"]), model.image_size)  # the PNG as written
+        delta = (x_png - x).flatten()
+        size = float(delta.abs().max()) if norm == "linf" else float(delta.norm())
+        assert size <= eps + 1e-6, (r["output"], size)
+        assert float(r["linf"] if norm == "linf" else r["l2"]) == pytest.approx(size, abs=1e-4)
+        sizes.append(size)
+    assert max(sizes) > eps / 2  # the attacks used their budget: the check above checks something
