@@ -232,6 +232,13 @@ def whole_process(args: argparse.Namespace, tmp: Path) -> None:
     gap = abs(acc_ours - acc_theirs) * n
     print(f"  robust accuracies {'agree' if gap <= 1 + 1e-9 else 'DIFFER'} ({gap:.0f} image(s) apart)")
     print(f"  whole-process time ratio theirs/ours: {best['theirs'] / best['ours']:.2f}x")
+    attacks = sum(r["seconds"] for r in report["results"])
+    rest = report["seconds"] - attacks
+    print(
+        f"  where ours goes (last run): start-up, imports, model load and report files "
+        f"{t_ours - report['seconds']:.1f} s; decoding, clean pass and sanity checks {rest:.1f} s; "
+        f"PGD {attacks:.1f} s"
+    )
 
 
 def _spawn(which: str, tensors: Path, argv: list[str]) -> dict:
