@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 import re
 import shutil
 import signal
@@ -551,6 +552,14 @@ def test_resume_refuses_an_image_replaced_under_its_name(
     done: list[int] = []
     evaluate_to_dir(model, samples, cfg, out, resume=True, on_progress=lambda s, n, t: done.append(n))
     assert done[0] == 4 and (out / "report.json").is_file()  # the first chunk was kept
+
+
+def test_progress_fingerprints_file_names_that_are_not_utf8() -> None:
+    """Such a name reaches Python as surrogate escapes of its bytes; the fingerprint takes those bytes."""
+    from birdshield.evaluation.state import samples_digest
+
+    a, b = (Path(os.fsdecode(b"test/finch/gr\xfc" + end)) for end in (b"n.jpg", b"m.jpg"))
+    assert samples_digest([data.Sample(a, 0)]) != samples_digest([data.Sample(b, 0)])
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
