@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from .errors import SettingError
 from .runtime import pick_device
 
 T = TypeVar("T")
@@ -52,9 +53,9 @@ def timeout_for(default: timedelta) -> timedelta:
     try:
         value = float(minutes)
     except ValueError:
-        raise ValueError(f"${TIMEOUT_ENV} must be a number of minutes, got {minutes!r}") from None
+        raise SettingError(f"${TIMEOUT_ENV} must be a number of minutes, got {minutes!r}") from None
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"${TIMEOUT_ENV} must be a positive number of minutes, got {minutes!r}")
+        raise SettingError(f"${TIMEOUT_ENV} must be a positive number of minutes, got {minutes!r}")
     return timedelta(minutes=value)
 
 

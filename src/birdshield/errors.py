@@ -39,7 +39,12 @@ class OutDirError(ValueError):
     """The report folder cannot be written, or the progress saved there belongs to another run."""
 
 
+class SettingError(ValueError):
+    """An environment variable or setting that cannot be used; the message names it and what it takes."""
+
+
 USER_ERRORS: tuple[type[Exception], ...] = (
+    SettingError,
     DataError,
     BadImageError,
     CheckpointError,

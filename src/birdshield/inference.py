@@ -8,8 +8,7 @@ vote shares).
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -18,8 +17,19 @@ from torch import Tensor, nn
 from . import data
 from .defenses.smoothing import ABSTAIN, Smoothed
 from .defenses.specs import SmoothingDefense
-from .reporting.tables import csv_text
-from .runtime import atomic_write_bytes, model_device, progress
+from .prediction_csv import to_csv, write_csv
+from .runtime import model_device, progress
+
+__all__ = [
+    "ABSTAIN_NAME",
+    "Top",
+    "inference_logits",
+    "iter_predictions",
+    "predict_files",
+    "predict_tensor",
+    "to_csv",
+    "write_csv",
+]
 
 ABSTAIN_NAME = "ABSTAIN"
 Top = list[tuple[str, float | None]]  # (species, confidence) best first; confidence None for ABSTAIN
@@ -73,66 +83,57 @@ def predict_files(
     Files are read a batch at a time, `workers` threads decoding ahead of the model (data.read_batches);
     an unreadable one gets its error instead of stopping the run.
     """
+    batches = iter_predictions(
+        model, paths, top_k=top_k, batch_size=batch_size, defense=defense, workers=workers
+    )
+    return [row for rows in batches for row in rows]
+
+
+def iter_predictions(
+    model: nn.Module,
+    paths: Sequence[Path],
+    *,
+    top_k: int = 1,
+    batch_size: int = 32,
+    defense: object = None,
+    workers: int = 1,
+    start: int = 0,
+) -> Iterator[list[dict]]:
+    """The rows of ``predict_files`` for ``paths[start:]``, a batch at a time as they are made (so a caller
+    can save each batch at once). The rows are the same whatever ``start``: smoothing seeds image i with
+    seed + i, i its index in ``paths``."""
     if isinstance(defense, SmoothingDefense):
-        return _smoothed_rows(model, paths, top_k, defense)
-    rows: dict[Path, dict] = {}
-    batches = data.read_batches(paths, model.image_size, batch_size, workers)
-    for good, x, bad in progress(batches, desc="predict", total=-(-len(paths) // batch_size)):
-        for path, reason in bad:
-            rows[path] = {"image": str(path), "top": [], "error": reason}
-        if x is not None:
-            for n, top in zip(good, predict_tensor(model, x, top_k=top_k, defense=defense), strict=True):
-                rows[paths[n]] = {"image": str(paths[n]), "top": top, "error": ""}
-    return [rows[p] for p in paths]
+        yield from _smoothed_rows(model, paths, top_k, defense, start)
+        return
+    batches = data.read_batches(paths[start:], model.image_size, batch_size, workers)
+    done = start
+    for good, x, bad in progress(batches, desc="predict", total=-(-(len(paths) - start) // batch_size)):
+        tops = [] if x is None else predict_tensor(model, x, top_k=top_k, defense=defense)
+        by_index = {start + n: top for n, top in zip(good, tops, strict=True)}
+        errors = iter(bad)  # the chunk's other images, in order
+        rows = []
+        for i in range(done, done + len(good) + len(bad)):
+            if i in by_index:
+                rows.append({"image": str(paths[i]), "top": by_index[i], "error": ""})
+            else:
+                path, reason = next(errors)
+                rows.append({"image": str(path), "top": [], "error": reason})
+        done += len(rows)
+        yield rows
 
 
 def _smoothed_rows(
-    model: nn.Module, paths: Sequence[Path], top_k: int, defense: SmoothingDefense
-) -> list[dict]:
-    """Smoothing votes image by image (n noisy copies each); image i is seeded with seed + i."""
-    rows = []
-    for i, path in enumerate(progress(paths, desc="predict", unit="img")):
+    model: nn.Module, paths: Sequence[Path], top_k: int, defense: SmoothingDefense, start: int
+) -> Iterator[list[dict]]:
+    """Smoothing votes image by image (n noisy copies each), one row at a time; image i is seeded with
+    seed + i."""
+    for i in progress(range(start, len(paths)), desc="predict", unit="img"):
+        path = paths[i]
         try:
             x = data.load_tensor(path, model.image_size)[None].to(model_device(model))
         except data.BadImageError as e:
-            rows.append({"image": str(path), "top": [], "error": e.reason})
+            yield [{"image": str(path), "top": [], "error": e.reason}]
             continue
         with torch.inference_mode():
-            rows.append(
-                {
-                    "image": str(path),
-                    "top": _smoothed_top(model, x, top_k, defense, defense.seed + i),
-                    "error": "",
-                }
-            )
-    return rows
-
-
-def _numeric_key(path: str) -> tuple:
-    """Sort 2.jpg before 10.jpg, as the original grading file did; non-numeric names after, by name."""
-    stem = Path(path).stem
-    return (0, int(stem), path) if re.fullmatch(r"\d+", stem) else (1, 0, path)
-
-
-def to_csv(rows: list[dict], *, top_k: int = 1, grading: bool = False) -> str:
-    """'csv': image,species,confidence[,species_k,confidence_k],error; 'grading': the original project's
-    image,specie file sorted by numeric file name. Cells a spreadsheet would run are escaped (csv_text)."""
-    if grading:
-        ordered = sorted(rows, key=lambda r: _numeric_key(r["image"]))
-        table = [[Path(r["image"]).name, r["top"][0][0] if r["top"] else ""] for r in ordered]
-        return csv_text([["image", "specie"], *table])
-    header = ["image", "species", "confidence"]
-    for i in range(2, top_k + 1):
-        header += [f"species_{i}", f"confidence_{i}"]
-    table = []
-    for row in rows:
-        cells = [row["image"]]
-        for i in range(top_k):
-            name, p = row["top"][i] if i < len(row["top"]) else ("", None)
-            cells += [name, "" if p is None else f"{p:.4f}"]
-        table.append([*cells, row["error"]])
-    return csv_text([[*header, "error"], *table])
-
-
-def write_csv(rows: list[dict], out: Path, **kwargs) -> None:
-    atomic_write_bytes(Path(out), to_csv(rows, **kwargs).encode())
+            top = _smoothed_top(model, x, top_k, defense, defense.seed + i)
+        yield [{"image": str(path), "top": top, "error": ""}]

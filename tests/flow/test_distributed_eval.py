@@ -15,9 +15,14 @@ import pytest
 from conftest import REPO
 
 from birdshield.cli import main
+from birdshield.data import discover, samples_for_model
 from birdshield.distributed import Dist
+from birdshield.errors import OutDirError
+from birdshield.evaluation import EvalConfig, evaluate_to_dir
+from birdshield.evaluation.certify import certify_to_dir
 from birdshield.evaluation.config import N_EXAMPLES
 from birdshield.evaluation.sharding import chunk_offset, deal_chunks, interleave, merge_examples
+from birdshield.models import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -109,3 +114,35 @@ def _greedy(ranked: list[list[dict]]) -> list[dict]:
     for candidates in ranked:
         out += candidates[: N_EXAMPLES - len(out)]
     return out
+
+
+# ------------------------------------------------------------------------------------------- resume
+
+
+@pytest.mark.parametrize("command", ["evaluate", "certify"])
+def test_resume_refuses_progress_saved_by_another_number_of_processes(
+    command: str, tiny_run: Path, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Progress of 2 torchrun processes is not thrown away by a single-process --resume (and the reverse):
+    the run stops and says how to resume it."""
+    argv = [command, str(tiny_run), str(tiny_data), "--n-images", "3", "--device", "cpu", "--resume"]
+    argv += ["--attacks", "fgsm", "--corruptions", "none"] if command == "evaluate" else ["--samples", "10"]
+    out = tmp_path / "out"
+    saved = out / "shard-1-of-2" / ("state.json" if command == "evaluate" else "certify.jsonl")
+    saved.parent.mkdir(parents=True)
+    saved.write_text("{}\n")  # what is in it is never read: another world size is refused first
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "saved by 2 process(es), this run has 1" in err and "torchrun --nproc_per_node=2" in err
+    assert saved.read_text() == "{}\n"
+
+    shutil.rmtree(saved.parent)  # the reverse: one process's progress, resumed by rank 0 of 2
+    (out / saved.name).write_text("{}\n")
+    model = load_checkpoint(tiny_run)
+    samples = samples_for_model(discover(tiny_data), "test", model.class_names)[:3]
+    with pytest.raises(OutDirError, match=r"saved by 1 process\(es\), this run has 2: resume it in a single"):
+        if command == "evaluate":
+            evaluate_to_dir(model, samples, EvalConfig(attacks=("fgsm",)), out, resume=True, shard=Dist(0, 2))
+        else:
+            certify_to_dir(model, samples, out, sigma=0.25, n=10, resume=True, shard=Dist(0, 2))
+    assert (out / saved.name).read_text() == "{}\n"

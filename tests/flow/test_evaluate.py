@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 import re
 import shutil
 import signal
@@ -524,6 +525,41 @@ def test_resumed_evaluation_gives_the_same_report(tiny_run: Path, tiny_data: Pat
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(resumed))
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "a").iterdir())
     assert not (out / "state.json").exists() and (out / "examples.png").is_file()
+
+
+def test_resume_refuses_an_image_replaced_under_its_name(
+    tiny_run: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    """The saved numbers came from the images' bytes: another photo under a measured name is refused (by
+    name), one not yet measured is simply read, and the original back resumes."""
+    model = load(tiny_run)
+    original = samples_for_model(data.discover(tiny_data), "test", model.class_names)
+    samples = []
+    for i, s in enumerate(original):  # copies that can be replaced
+        shutil.copy(s.path, tmp_path / f"{i}.jpg")
+        samples.append(data.Sample(tmp_path / f"{i}.jpg", s.label))
+    cfg = EvalConfig(attacks=("fgsm",), eps=(8 / 255,), corruptions=(), noise_std=(), batch_size=4)
+    out = tmp_path / "out"
+    with pytest.raises(Stop):
+        evaluate_to_dir(model, samples, cfg, out, on_progress=_stop_after_chunk(1))
+    measured, later = samples[1].path, samples[9].path
+    kept = measured.read_bytes()
+    measured.write_bytes(later.read_bytes())  # another bird's photo under the first chunk's name
+    later.write_bytes(kept)  # not measured yet: nothing to refuse
+    with pytest.raises(OutDirError, match=rf"{re.escape(str(measured))} changed since"):
+        evaluate_to_dir(model, samples, cfg, out, resume=True)
+    measured.write_bytes(kept)
+    done: list[int] = []
+    evaluate_to_dir(model, samples, cfg, out, resume=True, on_progress=lambda s, n, t: done.append(n))
+    assert done[0] == 4 and (out / "report.json").is_file()  # the first chunk was kept
+
+
+def test_progress_fingerprints_file_names_that_are_not_utf8() -> None:
+    """Such a name reaches Python as surrogate escapes of its bytes; the fingerprint takes those bytes."""
+    from birdshield.evaluation.state import samples_digest
+
+    a, b = (Path(os.fsdecode(b"test/finch/gr\xfc" + end)) for end in (b"n.jpg", b"m.jpg"))
+    assert samples_digest([data.Sample(a, 0)]) != samples_digest([data.Sample(b, 0)])
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])

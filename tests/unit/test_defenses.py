@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import signal
 from collections import Counter
 from pathlib import Path
@@ -420,3 +421,38 @@ def test_certify_cli_resumes_after_signal(tiny_run: Path, tiny_data: Path, tmp_p
     assert _certified_numbers(resumed)["run"] == str(tiny_run)
     assert _certified_numbers(resumed) == _certified_numbers(whole)
     assert not log.exists() and (out / "certified_accuracy.png").is_file()
+
+
+def test_certify_resume_refuses_an_image_replaced_under_its_name(
+    tiny_run: Path, tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A certified image's record came from its bytes: another photo under its name is refused, by name."""
+    from birdshield.errors import OutDirError
+    from birdshield.evaluation.certify import certify_to_dir
+    from birdshield.evaluation.state import CertifyLog
+
+    model = load(tiny_run)
+    samples = []
+    for i, s in enumerate(data.samples_for_model(data.discover(tiny_data), "test", model.class_names)[:4]):
+        (tmp_path / f"{i}.jpg").write_bytes(s.path.read_bytes())  # copies that can be replaced
+        samples.append(data.Sample(tmp_path / f"{i}.jpg", s.label))
+    params = {"sigma": 0.25, "n0": 8, "n": 20, "alpha": 0.1, "batch_size": 20}
+    append, records = CertifyLog.append, []
+
+    def append_then_stop(self: CertifyLog, record: dict, *digest: str) -> None:
+        append(self, record, *digest)
+        records.append(record)
+        if len(records) == 2:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(CertifyLog, "append", append_then_stop)
+        certify_to_dir(model, samples, out, **params)
+    kept = samples[1].path.read_bytes()
+    samples[1].path.write_bytes(samples[3].path.read_bytes())
+    with pytest.raises(OutDirError, match=f"{re.escape(str(samples[1].path))} changed since"):
+        certify_to_dir(model, samples, out, resume=True, **params)
+    samples[1].path.write_bytes(kept)
+    result = certify_to_dir(model, samples, out, resume=True, **params)
+    assert result["images"][:2] == records  # kept, not certified again

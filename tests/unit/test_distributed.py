@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 
 import pytest
 import torch
 from torch import nn
 
-from birdshield.distributed import Dist, shard
+from birdshield.distributed import (
+    MEASURING_TIMEOUT,
+    TIMEOUT_ENV,
+    TRAINING_TIMEOUT,
+    Dist,
+    shard,
+    timeout_for,
+)
 from birdshield.training.config import TrainConfig
 from birdshield.training.loop import _zero_gradient_step
 
@@ -46,3 +54,50 @@ def test_zero_gradient_step_changes_no_weight_and_no_batch_norm_statistic() -> N
         assert torch.equal(v, before[k]), k
     assert all(p.grad is not None and not p.grad.any() for p in net.parameters())  # took part in backward
     assert net[1].training  # batch norm back in train mode for the real steps
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, MEASURING_TIMEOUT),
+        ("", MEASURING_TIMEOUT),
+        ("90", timedelta(minutes=90)),
+        ("0.5", timedelta(seconds=30)),
+    ],
+)
+def test_timeout_is_the_default_or_the_environments_minutes(
+    value: str | None, expected: timedelta, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if value is None:
+        monkeypatch.delenv(TIMEOUT_ENV, raising=False)
+    else:
+        monkeypatch.setenv(TIMEOUT_ENV, value)
+    assert timeout_for(MEASURING_TIMEOUT) == expected
+
+
+@pytest.mark.parametrize("value", ["ten", "0", "-5", "nan", "inf", "1e400", "5m"])
+def test_a_timeout_that_is_not_a_positive_number_of_minutes_is_refused(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(TIMEOUT_ENV, value)
+    with pytest.raises(ValueError, match=rf"\${TIMEOUT_ENV} must be a .*number of minutes, got '{value}'"):
+        timeout_for(TRAINING_TIMEOUT)
+
+
+def test_the_process_group_waits_as_long_as_the_environment_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    """setup() hands the timeout to the process group (the override applies to evaluate's long default)."""
+    import torch.distributed as dist
+
+    from birdshield import distributed
+
+    seen = {}
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, timeout: seen.update(timeout=timeout))
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv(TIMEOUT_ENV, raising=False)
+    assert distributed.setup("cpu", MEASURING_TIMEOUT)[0] == Dist(1, 2)
+    assert seen["timeout"] == MEASURING_TIMEOUT
+    monkeypatch.setenv(TIMEOUT_ENV, "600")
+    distributed.setup("cpu", MEASURING_TIMEOUT)
+    assert seen["timeout"] == timedelta(hours=10)

@@ -15,7 +15,7 @@ from .. import __version__
 from . import attack, certify, compare, data, demo, evaluate, export, options, predict, serve, train
 
 COMMANDS = [train, predict, data, evaluate, attack, certify, compare, export, demo, serve]
-RESUMABLE = {"train", "evaluate", "certify"}  # the commands that save their progress as they go
+RESUMABLE = {"train", "predict", "evaluate", "certify"}  # the commands that save their progress as they go
 
 
 def build_parser(train_preset: str | None = None) -> argparse.ArgumentParser:
@@ -60,12 +60,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"birdshield {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: what was saved stays saved; one line, no traceback
-        print(interrupted_message(args.command), file=sys.stderr)
+        resumable = getattr(args, "out", None) != "-"  # predict to stdout keeps nothing to resume
+        print(interrupted_message(args.command, resumable), file=sys.stderr)
         return 130
 
 
-def interrupted_message(command: str) -> str:
-    if command in RESUMABLE:
+def interrupted_message(command: str, resumable: bool = True) -> str:
+    if command in RESUMABLE and resumable:
         return f"birdshield {command}: interrupted; run the same command with --resume to continue"
     return f"birdshield {command}: interrupted"
 

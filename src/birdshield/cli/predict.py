@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..defenses.specs import DEFENSES
 from . import options
+
+if TYPE_CHECKING:
+    from ..prediction_csv import PartialCSV, StdoutCSV
 
 IMAGENET_BIRDS = "imagenet-birds"  # the keyword for the offline ImageNet bird model (models.IMAGENET_BIRDS)
 
@@ -20,12 +24,26 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Predict the species of image files and folders (recursively). The first argument may "
         f"be a run directory; without one (or with the keyword {IMAGENET_BIRDS}) the offline ImageNet "
         "backbone names the 59 ImageNet bird classes. Unreadable files get a row with their error instead "
-        "of stopping the run.",
+        "of stopping the run. Rows are written to OUT.partial as they are made, so an interrupted run keeps "
+        "them and continues with --resume; the complete CSV then replaces OUT at once. File names that are "
+        "not valid UTF-8 are written as their original bytes (the rest of the CSV is UTF-8): in Python, "
+        "os.fsencode(cell) gives the name back.",
     )
     p.add_argument(
         "paths", nargs="+", metavar="[RUN_DIR] PATH", help="run directory, then image files/folders"
     )
-    p.add_argument("--out", default="predictions.csv", help="CSV file to write ('-' for stdout)")
+    p.add_argument(
+        "--out",
+        default="predictions.csv",
+        help="CSV file to write ('-' for stdout); OUT.partial (and OUT.partial.json, what made its rows) "
+        "holds the rows until every image has one",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run: keep the rows in OUT.partial and predict the other images (same "
+        "images, model, defence and --top-k; the CSV is the one an uninterrupted run writes)",
+    )
     p.add_argument("--top-k", type=int, default=1, help="also write the next K-1 species and confidences")
     p.add_argument(
         "--format",
@@ -64,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import data, models
     from ..defenses import make_defense
-    from ..inference import predict_files, to_csv, write_csv
+    from ..prediction_csv import PartialCSV, StdoutCSV
     from ..runtime import tune_cpu_allocator
 
     smoothing = {
@@ -75,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     }
     with options.usage_errors():
         defense = make_defense(args.defense, args.defense_param, **smoothing)
+    if args.resume and args.out == "-":
+        raise options.UsageError("--resume continues a file: give --out FILE")
     first, rest = args.paths[0], args.paths[1:]
     if first == IMAGENET_BIRDS:
         run_dir, inputs = None, rest
@@ -91,23 +111,39 @@ def run(args: argparse.Namespace) -> int:
     if skipped:
         names = ", ".join(p.name for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
         print(f"skipped {len(skipped)} non-image file(s) in the folders ({names})", file=sys.stderr)
-    rows = predict_files(
-        model,
-        images,
-        top_k=args.top_k,
-        batch_size=args.batch_size,
-        defense=defense,
-        workers=args.workers,
-    )
-    bad = [r for r in rows if r["error"]]
-    fmt = {"top_k": args.top_k, "grading": args.format == "grading"}
+    settings = {"batch_size": args.batch_size, "workers": args.workers, "defense": defense}
+    grading = args.format == "grading"
     if args.out == "-":
-        sys.stdout.write(to_csv(rows, **fmt))
+        out = StdoutCSV(sys.stdout.buffer, args.top_k, grading)
+        _predict_into(out, model, images, args.top_k, **settings)
+        out.finish()
     else:
-        write_csv(rows, Path(args.out), **fmt)
-        print(
-            f"{len(rows) - len(bad)} images predicted, {len(bad)} unreadable -> {args.out}", file=sys.stderr
-        )
-    for r in bad:
-        print(f"  unreadable: {r['image']}: {r['error']}", file=sys.stderr)
+        fingerprint = _settings(model, args, smoothing)
+        with PartialCSV(Path(args.out), images, args.top_k, fingerprint, args.resume) as out:
+            _predict_into(out, model, images, args.top_k, **settings)
+            out.finish(grading)
+        n_bad = len(out.bad)
+        print(f"{out.done - n_bad} images predicted, {n_bad} unreadable -> {args.out}", file=sys.stderr)
+    for image, error in out.bad:
+        print(f"  unreadable: {image}: {error}", file=sys.stderr)
     return 0
+
+
+def _predict_into(out: PartialCSV | StdoutCSV, model: object, images: list[Path], top_k: int, **kw) -> None:
+    """Predict the images `out` has no row for yet, writing each batch's rows as soon as they are made."""
+    from ..inference import iter_predictions
+
+    for rows in iter_predictions(model, images, top_k=top_k, start=out.done, **kw):
+        out.append(rows)
+
+
+def _settings(model: object, args: argparse.Namespace, smoothing: dict) -> dict:
+    """What makes the rows, saved beside OUT.partial: --resume continues only rows made the same way."""
+    from ..evaluation.state import model_fingerprint
+
+    return {
+        "model": model_fingerprint(model),
+        "top_k": args.top_k,
+        "defense": [args.defense, args.defense_param],
+        "smoothing": smoothing if args.defense == "smoothing" else None,
+    }

@@ -18,7 +18,14 @@ from ..reporting.markdown import DEFAULT_RADII
 from ..runtime import model_device, progress
 from ..stats import ci95
 from .sharding import check_resumable, interleave, remove_state_dir, state_dir
-from .state import CertifyLog, model_fingerprint, prepare_out_dir, samples_digest
+from .state import (
+    CertifyLog,
+    check_contents,
+    content_digest,
+    model_fingerprint,
+    prepare_out_dir,
+    samples_digest,
+)
 
 
 def certified_accuracy(images: Sequence[dict], radii: Sequence[float]) -> list[dict[str, Any]]:
@@ -129,7 +136,12 @@ def certify_to_dir(
         check_resumable(out, shard)
     state = state_dir(out, shard)
     log = CertifyLog(state, fingerprint, resume)
-    images = _certify_images(smoothed, samples, params, log.records, log.append, mine, bar=shard.main)
+    check_contents(log.path, [samples[i] for i in mine[: len(log.records)]], log.digests)
+
+    def save(record: dict[str, Any], sample: data.Sample) -> None:
+        log.append(record, content_digest(sample.path))
+
+    images = _certify_images(smoothed, samples, params, log.records, save, mine, bar=shard.main)
     images = interleave(gather(images, shard))
     result = {**(header or {}), **_summary(images, sigma=sigma, **params)}
     if shard.main:
@@ -147,13 +159,13 @@ def _certify_images(
     samples: Sequence[data.Sample],
     params: dict[str, Any],
     done: list[dict[str, Any]],
-    on_record: Callable[[dict[str, Any]], None] | None = None,
+    on_record: Callable[[dict[str, Any], data.Sample], None] | None = None,
     indices: Sequence[int] | None = None,
     bar: bool = True,
 ) -> list[dict[str, Any]]:
     """Records of the samples at ``indices`` (default: all): ``done`` (those certified before), then the
-    rest, each passed to ``on_record`` as it is made. Image i's noise is seeded with seed + i, whichever
-    rank certifies it."""
+    rest, each passed to ``on_record`` (with its sample) as it is made. Image i's noise is seeded with
+    seed + i, whichever rank certifies it."""
     model, images = smoothed.model, list(done)
     device, names = model_device(model), list(model.class_names)
     indices = range(len(samples)) if indices is None else indices
@@ -168,7 +180,7 @@ def _certify_images(
             record["prediction"] = None if record["prediction"] == ABSTAIN else names[record["prediction"]]
         images.append(record)
         if on_record is not None:
-            on_record(record)
+            on_record(record, samples[i])
     return images
 
 

@@ -33,8 +33,11 @@ from .sharding import (
     state_dir,
 )
 from .state import (
+    STATE_FILE,
     Progress,
+    check_contents,
     clear_progress,
+    content_digest,
     load_progress,
     model_fingerprint,
     prepare_out_dir,
@@ -159,15 +162,19 @@ def _sample_chunks(
     batch_size: int,
     p: Progress,
     position: Callable[[int], int] = lambda i: i,
+    digests: bool = False,
 ) -> Iterator[Chunk]:
     """Chunks of the samples not read yet (from ``p.samples_done``); the same chunks whether a run goes
     through at once or resumes. Unreadable files go to ``p.bad_images``. ``position`` maps an index into
-    ``samples`` to one into the whole sample list (``samples`` is a rank's shard under torchrun)."""
+    ``samples`` to one into the whole sample list (``samples`` is a rank's shard under torchrun).
+    ``digests``: add each file's content_digest to ``p.contents`` (for the saved progress)."""
     rest = samples[p.samples_done :]
     for good, x, unreadable in data.read_batches([s.path for s in rest], size, batch_size):
         p.bad_images += [{"path": str(path), "error": reason} for path, reason in unreadable]
-        at = position(p.samples_done)
-        p.samples_done += len(good) + len(unreadable)
+        at, read = position(p.samples_done), len(good) + len(unreadable)
+        if digests:  # read again just after decoding: from the OS's cache
+            p.contents += [content_digest(s.path) for s in samples[p.samples_done : p.samples_done + read]]
+        p.samples_done += read
         if x is not None:
             yield at, x, torch.tensor([rest[i].label for i in good])
 
@@ -232,11 +239,13 @@ def evaluate_to_dir(
         check_resumable(out, shard)
     state = state_dir(out, shard)
     p = load_progress(state, fingerprint) if resume else None
+    if p is not None:
+        check_contents(state / STATE_FILE, mine[: p.samples_done], p.contents)
     if p is None:
         clear_progress(state)
         p = Progress(examples=[] if examples else None)
     position = chunk_offset(cfg.batch_size, shard)
-    chunks = _sample_chunks(mine, model.image_size, cfg.batch_size, p, position)
+    chunks = _sample_chunks(mine, model.image_size, cfg.batch_size, p, position, digests=True)
     save = functools.partial(save_progress, state, fingerprint, p)
     _measure(models, chunks, cfg, p, on_progress, len(mine), after_chunk=save)
     p = _merged(p, chosen, shard)

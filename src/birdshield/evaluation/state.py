@@ -5,7 +5,9 @@ read, seconds) after every chunk, and ``OUT/examples.safetensors`` (the example 
 example is added; certify appends one line per image to ``OUT/certify.jsonl``. Writes are atomic (or, for
 the log, a line cut short by a kill is dropped on reading); nothing is pickled. Every state file carries a
 fingerprint of what is measured (the config, the model's weights, the chosen samples), and resuming with a
-different one is refused. The state files are removed once the report is written.
+different one is refused. The state files also hold a digest of the bytes of each image already measured
+(``content_digest``), checked when resuming: an image replaced under the same name is named and refused,
+since its results would no longer be its own. The state files are removed once the report is written.
 
 Per-chunk seeds depend only on the chunk's first sample index (and certify's per-image seeds on the image's
 index), so a resumed run gives the numbers of an uninterrupted one. Under torchrun each rank keeps its own
@@ -30,6 +32,7 @@ import torch
 from torch import nn
 
 from .. import data
+from ..data.images import read_image_bytes
 from ..errors import OutDirError
 from ..runtime import atomic_write_bytes, atomic_write_json
 from .cascade import AttackTally, Tally
@@ -37,7 +40,8 @@ from .cascade import AttackTally, Tally
 STATE_FILE = "state.json"
 EXAMPLES_FILE = "examples.safetensors"
 CERTIFY_LOG = "certify.jsonl"
-_FORMAT = 2  # 2: per-class counts, top-5 and confusions in the tally
+_FORMAT = 3  # 2: per-class counts, top-5 and confusions in the tally; 3: image digests
+_LOG_FORMAT = 2  # certify.jsonl: 2: each record carries its image's digest
 log = logging.getLogger(__name__)
 
 
@@ -78,8 +82,34 @@ def model_fingerprint(model: nn.Module) -> dict[str, Any]:
 
 
 def samples_digest(samples: Sequence[data.Sample]) -> str:
+    """The sample list (paths and labels; a path that is not UTF-8 as its own bytes)."""
     text = "".join(f"{s.path}\t{s.label}\n" for s in samples)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def content_digest(path: Path) -> str:
+    """What the model saw of an image file: the sha256 of the bytes the decoder reads, or why there are none
+    (the file is then an unreadable one, and stays so while the reason holds)."""
+    try:
+        return hashlib.sha256(read_image_bytes(path)).hexdigest()
+    except data.BadImageError as e:
+        return f"unreadable: {e.reason}"
+
+
+def check_contents(state: Path, samples: Sequence[data.Sample], digests: Sequence[str]) -> None:
+    """OutDirError naming the first of `samples` whose bytes are not those their saved results came from
+    (`digests`, in order, as saved in the progress file `state`)."""
+    if len(digests) != len(samples):
+        raise OutDirError(
+            f"{state} is damaged ({len(digests)} image digests for {len(samples)} images); "
+            "run without --resume to start over"
+        )
+    for sample, saved in zip(samples, digests, strict=True):
+        if content_digest(sample.path) != saved:
+            raise OutDirError(
+                f"{sample.path} changed since its results were saved in {state}: put the original back, or "
+                "run without --resume to start over"
+            )
 
 
 def _normalised(fingerprint: dict[str, Any]) -> dict[str, Any]:
@@ -110,6 +140,7 @@ class Progress:
     examples: list[dict[str, Any]] | None = None
     bad_images: list[dict[str, str]] = field(default_factory=list)
     samples_done: int = 0  # samples read so far, readable or not
+    contents: list[str] = field(default_factory=list)  # content_digest of each of them, in order
     checked_at: int = 0  # first sample index of the chunk the one-chunk model checks (flags) ran on
     seconds: float = 0.0
 
@@ -165,6 +196,7 @@ def save_progress(out: Path, fingerprint: dict[str, Any], p: Progress) -> None:
         "examples": None if p.examples is None else labels,
         "bad_images": p.bad_images,
         "samples_done": p.samples_done,
+        "contents": p.contents,
         "checked_at": p.checked_at,
         "seconds": p.seconds,
     }
@@ -195,6 +227,7 @@ def load_progress(out: Path, fingerprint: dict[str, Any]) -> Progress | None:
         examples=examples,
         bad_images=state["bad_images"],
         samples_done=state["samples_done"],
+        contents=state["contents"],
         checked_at=state.get("checked_at", 0),
         seconds=state["seconds"],
     )
@@ -209,17 +242,21 @@ def clear_progress(out: Path) -> None:
 
 
 class CertifyLog:
-    """``OUT/certify.jsonl``: a fingerprint line, then one record per certified image in sample order.
+    """``OUT/certify.jsonl``: a fingerprint line, then one record per certified image in sample order, each
+    with its image's ``content_digest``.
 
     Opening it with ``resume`` reads the records back (a last line cut short by a kill is dropped) and
-    rewrites the file cleanly; without ``resume`` it starts empty. ``append`` adds a line and fsyncs it.
+    rewrites the file cleanly; without ``resume`` it starts empty. ``records`` are the records without their
+    digests, ``digests`` those digests. ``append`` adds a line and fsyncs it.
     """
 
     def __init__(self, out: Path, fingerprint: dict[str, Any], resume: bool) -> None:
         self.path = out / CERTIFY_LOG
-        self.records = self._read(fingerprint) if resume else []
-        lines = [{"fingerprint": fingerprint}, *self.records]
-        atomic_write_bytes(self.path, "".join(json.dumps(line) + "\n" for line in lines).encode())
+        lines = self._read(fingerprint) if resume else []
+        self.records = [{k: v for k, v in line.items() if k != "sha256"} for line in lines]
+        self.digests = [line["sha256"] for line in lines]
+        head = {"format": _LOG_FORMAT, "fingerprint": fingerprint}
+        atomic_write_bytes(self.path, "".join(json.dumps(line) + "\n" for line in [head, *lines]).encode())
 
     def _read(self, fingerprint: dict[str, Any]) -> list[dict[str, Any]]:
         if not self.path.is_file():
@@ -231,12 +268,16 @@ class CertifyLog:
             head, *records = [json.loads(line) for line in lines]
         except ValueError as e:
             raise OutDirError(f"{self.path} is damaged ({e}); run without --resume to start over") from e
-        _check(self.path, head.get("fingerprint"), fingerprint)
+        current = head.get("format") == _LOG_FORMAT
+        _check(self.path, head.get("fingerprint") if current else None, fingerprint)
+        if not all(isinstance(r, dict) and "sha256" in r for r in records):
+            raise OutDirError(f"{self.path} is damaged (a record without its digest); run without --resume")
         return records
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: dict[str, Any], digest: str) -> None:
+        """Log `record`, made from an image whose content_digest is `digest`."""
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps({**record, "sha256": digest}) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
