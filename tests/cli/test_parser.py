@@ -95,6 +95,24 @@ def test_a_bad_option_value_is_one_line_and_exit_2(tmp_path: Path, capsys):
     assert "whole number" in capsys.readouterr().err
 
 
+def test_train_refuses_an_architecture_timm_does_not_register_before_reading_data(
+    tmp_path: Path, capsys, monkeypatch
+):
+    import timm
+
+    from birdshield import data
+
+    monkeypatch.setattr(data, "discover", lambda *a, **k: pytest.fail("the data was read"))
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: pytest.fail("timm built a model"))
+    for arch in ("hf-hub:someone/model", "local-dir:/tmp/model", "resnet_typo"):
+        assert main(["train", str(tmp_path), "--out", str(tmp_path / "run"), "--arch", arch]) == 2
+        err = capsys.readouterr().err
+        assert (
+            err == f"birdshield train: error: architecture must be a timm architecture name such as "
+            f"'tf_efficientnet_lite0' (see timm.list_models()), got {arch!r}\n"
+        )
+
+
 def test_an_internal_error_keeps_its_traceback(monkeypatch):
     from birdshield.cli import data as data_command
 
