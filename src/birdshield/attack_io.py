@@ -208,5 +208,6 @@ def attack_files(
     order = {str(src): i for i, (src, _) in enumerate(pairs)}
     rows.sort(key=lambda r: order[r["image"]])
     table = csv_text([CSV_COLUMNS, *([row.get(c, "") for c in CSV_COLUMNS] for row in rows)])
-    atomic_write_bytes(out_dir / CSV_NAME, table.encode())
+    # surrogateescape: a file name that is not UTF-8 is written as the bytes it has on disk
+    atomic_write_bytes(out_dir / CSV_NAME, table.encode(errors="surrogateescape"))
     return rows

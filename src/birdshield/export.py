@@ -28,7 +28,8 @@ from torch import Tensor, nn
 
 from . import __version__
 from .defenses.transforms import BitDepth, InputTransform, MedianFilter, make_transform
-from .models import WEIGHTS_FILE, Classifier
+from .errors import CheckpointError
+from .models import WEIGHTS_FILE, Classifier, arch_problem, class_names_problem, image_size_problem
 from .runtime import atomic_write_bytes
 
 ONNX_FILE = "model.onnx"  # the cached export inside a run directory
@@ -262,6 +263,7 @@ class OnnxClassifier(nn.Module):
         self.meta: dict[str, Any] = {key: json.loads(value) for key, value in props.items()}
         if "class_names" not in self.meta or "image_size" not in self.meta:
             raise ValueError(f"{source if self.path else 'ONNX model'}: no birdshield metadata (class names)")
+        _check_metadata(self.meta, str(self.path or "ONNX model"))
         self.class_names: list[str] = list(self.meta["class_names"])
 
     @property
@@ -280,6 +282,19 @@ class OnnxClassifier(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.path or 'in-memory model'}, providers={self.session.get_providers()}"
+
+
+def _check_metadata(meta: dict[str, Any], source: str) -> None:
+    """CheckpointError naming `source` and the field, for metadata a run directory's loader would refuse:
+    the class names and image size come from the file (the architecture is only recorded there)."""
+    checks = {
+        "class_names": class_names_problem(meta["class_names"]),
+        "image_size": image_size_problem(meta["image_size"]),
+        "arch": arch_problem(meta["arch"]) if meta.get("arch") is not None else None,
+    }
+    for field, problem in checks.items():
+        if problem:
+            raise CheckpointError(f"{source}: metadata field {field!r} {problem}")
 
 
 def weights_digest(run_dir: Path) -> str:

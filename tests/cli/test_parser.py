@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -72,11 +73,44 @@ def test_a_user_error_is_a_message_without_traceback_and_exit_2(tmp_path: Path, 
     assert "Traceback" not in err
 
 
+def test_a_file_name_that_is_not_utf8_is_printed_as_its_bytes(tmp_path: Path, make_kaggle):
+    """Under a UTF-8 locale standard output is strict; `data check` lists the file (a duplicate) as it is
+    named on disk instead of crashing."""
+    root = make_kaggle(tmp_path, ["a", "b"])
+    photo = (root / "train" / "a" / "000.jpg").read_bytes()
+    for split in ("train", "test"):
+        (root / split / "a" / os.fsdecode(b"bird\xff.jpg")).write_bytes(photo)
+    env = dict(os.environ, PYTHONIOENCODING="utf-8")  # strict, as under en_US.UTF-8
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC.parents[1]), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "birdshield.cli", "data", "check", str(root)]
+    proc = subprocess.run(cmd, env=env, capture_output=True)
+    assert proc.returncode == 1 and b"Traceback" not in proc.stderr, proc.stderr[-2000:]  # 1: problems
+    assert b"train/a/bird\xff.jpg (train) == test/a/bird\xff.jpg (test)" in proc.stdout
+
+
 def test_a_bad_option_value_is_one_line_and_exit_2(tmp_path: Path, capsys):
     photo = tmp_path / "a.jpg"
     photo.write_bytes(b"")
     assert main(["predict", str(photo), "--defense", "bits", "--defense-param", "2.5"]) == 2
     assert "whole number" in capsys.readouterr().err
+
+
+def test_train_refuses_an_architecture_timm_does_not_register_before_reading_data(
+    tmp_path: Path, capsys, monkeypatch
+):
+    import timm
+
+    from birdshield import data
+
+    monkeypatch.setattr(data, "discover", lambda *a, **k: pytest.fail("the data was read"))
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: pytest.fail("timm built a model"))
+    for arch in ("hf-hub:someone/model", "local-dir:/tmp/model", "resnet_typo"):
+        assert main(["train", str(tmp_path), "--out", str(tmp_path / "run"), "--arch", arch]) == 2
+        err = capsys.readouterr().err
+        assert (
+            err == f"birdshield train: error: architecture must be a timm architecture name such as "
+            f"'tf_efficientnet_lite0' (see timm.list_models()), got {arch!r}\n"
+        )
 
 
 def test_an_internal_error_keeps_its_traceback(monkeypatch):

@@ -437,6 +437,15 @@ def test_attack_cli(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
         assert float(row["linf"]) <= eps + 1e-6
 
 
+def test_attack_writes_a_file_name_that_is_not_utf8_as_its_bytes(tiny_run: Path, tmp_path: Path, make_image):
+    folder = tmp_path / "in"
+    make_image(folder / os.fsdecode(b"bird\xff.jpg"), seed=3)
+    assert main(["attack", str(tiny_run), str(folder), "--out", str(tmp_path / "adv"), "--steps", "1"]) == 0
+    assert sorted(os.listdir(os.fsencode(tmp_path / "adv"))) == [b"attack.csv", b"bird\xff.png"]
+    table = (tmp_path / "adv" / "attack.csv").read_bytes()
+    assert os.fsencode(folder) + b"/bird\xff.jpg," in table and b"/bird\xff.png," in table
+
+
 def test_attack_never_overwrites_inputs(tiny_run: Path, tmp_path: Path, make_image) -> None:
     folder = tmp_path / "pngs"
     img = make_image(folder / "blue jay" / "a.png", seed=3)

@@ -17,7 +17,8 @@ import birdshield
 from birdshield import data
 from birdshield.cli import main
 from birdshield.defenses import Defended, make_transform
-from birdshield.export import ONNX_FILE, OnnxClassifier, export_onnx
+from birdshield.errors import CheckpointError
+from birdshield.export import ONNX_FILE, OnnxClassifier, export_onnx, onnx_bytes
 from birdshield.models import WEIGHTS_FILE, Classifier, create_model, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -176,3 +177,33 @@ def test_cached_export_is_reused_only_for_the_weights_it_was_made_from(
     fresh = birdshield.load(run, runtime="onnx")(x)
     torch.testing.assert_close(fresh, birdshield.load(other, device="cpu")(x), atol=TOLERANCE, rtol=0)
     assert not torch.allclose(fresh, onnx_model(x), atol=TOLERANCE)
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx() -> bytes:
+    return onnx_bytes(create_model(["a", "b"], arch="test_efficientnet", weights=None, image_size=32))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("class_names", ["a", "b\nc"]),
+        ("class_names", ["a", "b" * 201]),
+        ("class_names", [f"species {i}" for i in range(100_001)]),
+        ("image_size", 1_000_000),
+        ("arch", "hf-hub:someone/model"),
+    ],
+)
+def test_onnx_metadata_is_checked_as_a_run_directorys(tiny_onnx: bytes, tmp_path: Path, field: str, value):
+    """The class names and image size of an ONNX file come from its metadata: the same limits hold."""
+    import onnx
+
+    proto = onnx.load_from_string(tiny_onnx)
+    (prop,) = [p for p in proto.metadata_props if p.key == field]
+    prop.value = json.dumps(value)
+    path = tmp_path / "model.onnx"
+    path.write_bytes(proto.SerializeToString())
+    assert OnnxClassifier(tiny_onnx).class_names == ["a", "b"]
+    with pytest.raises(CheckpointError, match=f"metadata field '{field}'") as info:
+        OnnxClassifier(path)
+    assert str(info.value).startswith(f"{path}: ")

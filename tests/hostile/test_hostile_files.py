@@ -3,8 +3,11 @@ memory and writes CSVs that a spreadsheet cannot run.
 
 The corpus is made by the test (a few MB on disk): bombs by aspect ratio (10 x 10,000,000), shape
 (100,000,000 x 1) and pixel count (11,000 x 11,000, and 20,000 x 20,000 past Pillow's own limit), a
-truncated, a corrupt, an empty and a text file, and usable but awkward images: 16-bit greyscale at 100 MP,
-an animated GIF, CMYK. File and class names start with = + - @, hold '..', unicode and case variants.
+truncated, a corrupt, an empty and a text file, formats no photo comes in under a photo's name (an EPS
+file, which Pillow would hand to Ghostscript, and an icon whose header says 16 x 16 around a 13,000 x
+13,000 PNG), and usable but awkward images: 16-bit greyscale at 100 MP, an animated GIF, CMYK, a JPEG
+whose file name is not valid UTF-8. File and class names start with = + - @, hold '..', unicode and case
+variants. A `gs` on the PATH records any call: no command may start Ghostscript.
 Each command runs in its own process, started by a small wrapper that measures its peak resident memory
 (see WRAPPER).
 """
@@ -15,6 +18,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -39,7 +43,11 @@ BAD = {  # name -> the reason's words
     "empty.png": "empty file",
     "notes.jpg": "not an image file",
     "=HYPERLINK(0).jpg": "not an image file",
+    "poster.jpg": "unsupported image format (EPS)",
+    "icon-bomb.png": "unsupported image format (ICO)",
 }
+NOT_UTF8_NAME = b"bird\xff.jpg"  # a usable JPEG; str paths carry the byte as a surrogate escape (os.fsdecode)
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n%%EndComments\n0 0 moveto 64 64 lineto stroke\n"
 SPLIT_COUNTS = {"train": 4, "valid": 2, "test": 2}
 HOSTILE_CLASS = CLASSES[0]  # the hostile files sit in this class folder of the train and test splits
 
@@ -89,6 +97,21 @@ def _png(width: int, height: int, bit_depth: int = 8, colour: int = 0, rows: int
     return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", b"".join(idat)) + chunk(b"IEND", b"")
 
 
+def _icon_around(png: bytes) -> bytes:
+    """An ICO file with one entry that declares 16 x 16 pixels and holds `png` (Pillow decodes the PNG at
+    the size the PNG's own header gives)."""
+    header = struct.pack("<HHH", 0, 1, 1)  # reserved, type 1 (icon), one image
+    entry = struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 32, len(png), len(header) + 16)
+    return header + entry + png
+
+
+def _write_bytes_named(folder: Path, name: bytes, content: bytes) -> None:
+    """Write a file whose name is raw bytes (not necessarily UTF-8), as another program may have."""
+    fd = os.open(os.fsencode(folder) + b"/" + name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(content)
+
+
 def _hostile_files(folder: Path, seed: int, rgba: bool) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "aspect-bomb.png").write_bytes(_png(10, 10_000_000))
@@ -103,6 +126,11 @@ def _hostile_files(folder: Path, seed: int, rgba: bool) -> None:
     (folder / "empty.png").write_bytes(b"")
     (folder / "notes.jpg").write_text("field notes, not a picture\n")
     (folder / "=HYPERLINK(0).jpg").write_text('=HYPERLINK("http://example.invalid")\n')
+    (folder / "poster.jpg").write_bytes(EPS)
+    (folder / "icon-bomb.png").write_bytes(_icon_around(_png(13_000, 13_000)))
+    named = io.BytesIO()
+    textured_image(seed + 8, size=(50, 50)).save(named, format="JPEG")
+    _write_bytes_named(folder, NOT_UTF8_NAME, named.getvalue())
     (folder / "deep-16bit-100MP.png").write_bytes(_png(10_000, 10_000, bit_depth=16))
     if rgba:
         (folder / "transparent-100MP.png").write_bytes(_png(10_000, 10_000, colour=6))
@@ -141,8 +169,11 @@ def _bad_paths(root: Path, split: str) -> dict[str, str]:
 def _commands(corpus: Path, out: Path) -> dict[str, list[str]]:
     run, folder = out / "run", corpus / "test" / HOSTILE_CLASS
     tiny = ["--arch", "test_efficientnet", "--weights", "none", "--image-size", "32", "--workers", "0"]
+    # train: all its images in one batch. Skipped files could leave a batch of one image, on which batch
+    # norm cannot train at 32 px (the last feature maps are 1 x 1).
     return {
-        "train": ["train", str(corpus), "--out", str(run), *tiny, "--epochs", "1", "--batch-size", "8"]
+        "data check": ["data", "check", str(corpus)],
+        "train": ["train", str(corpus), "--out", str(run), *tiny, "--epochs", "1", "--batch-size", "64"]
         + ["--depth", "full", "--probe-epochs", "0"],
         "predict": ["predict", str(run), str(folder), "--out", str(out / "predictions.csv")],
         "evaluate": ["evaluate", str(run), str(corpus), "--out", str(out / "report"), "--attacks", "fgsm"]
@@ -153,28 +184,49 @@ def _commands(corpus: Path, out: Path) -> dict[str, list[str]]:
     }
 
 
+GHOSTSCRIPT = '#!/bin/sh\necho "$@" >> "$0.calls"\nexit 1\n'  # records its arguments in gs.calls
+
+
+def _fake_ghostscript(folder: Path) -> Path:
+    """A `gs` that records each call (Pillow runs `gs --version` first, then renders) and fails."""
+    folder.mkdir()
+    gs = folder / "gs"
+    gs.write_text(GHOSTSCRIPT)
+    gs.chmod(0o755)
+    return gs
+
+
 @pytest.fixture(scope="module")
 def ran(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict]]:
-    """Every command run once on the corpus (train first: the others use its model); (output folder,
-    command -> {"rc", "peak" (bytes), "stderr" (its part)})."""
+    """Every command run once on the corpus (train before the others: they use its model); (output folder,
+    command -> {"rc", "peak" (bytes), "stdout" and "stderr" (its part)}).
+
+    Standard output is strict UTF-8, as under a UTF-8 locale such as en_US.UTF-8 (C.UTF-8, POSIX and UTF-8
+    mode let surrogate escapes through): a file name that is not UTF-8 must not crash a command's output.
+    """
     out = tmp_path_factory.mktemp("hostile_out")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    gs = _fake_ghostscript(out / "bin")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONIOENCODING="utf-8")
+    env["PATH"] = os.pathsep.join([str(gs.parent), env.get("PATH", "")])
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
     parts = {}
     for name, argv in _commands(corpus, out).items():  # each command its own process, as a user runs it
         cli = [sys.executable, "-m", "birdshield.cli", "--threads", "1", *argv]
-        proc = subprocess.run([sys.executable, "-c", WRAPPER, *cli], env=env, capture_output=True, text=True)
-        peaks = json.loads(proc.stdout.splitlines()[-1])
-        parts[name] = {"rc": proc.returncode, "stderr": proc.stderr, **peaks}
+        proc = subprocess.run(
+            [sys.executable, "-c", WRAPPER, *cli], env=env, capture_output=True, errors="surrogateescape"
+        )
+        *stdout, peaks = proc.stdout.splitlines()
+        parts[name] = {"rc": proc.returncode, "stdout": "\n".join(stdout), "stderr": proc.stderr}
+        parts[name] |= json.loads(peaks)
     for name, r in parts.items():  # shown with -s
         print(name, ", ".join(f"{k} {r.get(k, 0) / 1024**3:.2f} GB" for k in ("peak", "RssAnon", "RssFile")))
     return out, parts
 
 
-def _finished_within_memory(results: dict[str, dict], command: str) -> str:
-    """Assert `command` finished (exit 0) under PEAK_LIMIT_BYTES; its stderr."""
+def _finished_within_memory(results: dict[str, dict], command: str, status: int = 0) -> str:
+    """Assert `command` finished (exit `status`) under PEAK_LIMIT_BYTES; its stderr."""
     result = results[command]
-    assert result["rc"] == 0, result["stderr"][-3000:]
+    assert result["rc"] == status, result["stderr"][-3000:]
     assert result["peak"] < PEAK_LIMIT_BYTES, f"{command} peaked at {result['peak'] / 1024**3:.2f} GB"
     return result["stderr"]
 
@@ -187,7 +239,7 @@ def _assert_named(text: str, bad: dict[str, str]) -> None:
 
 
 def _assert_spreadsheet_safe(path: Path) -> list[list[str]]:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:  # file names as written
         rows = list(csv.reader(f))
     cells = [cell for row in rows for cell in row]
     for cell in cells:
@@ -198,6 +250,26 @@ def _assert_spreadsheet_safe(path: Path) -> list[list[str]]:
 
 
 # ------------------------------------------------------------------------------------------ the commands
+
+
+def test_no_command_runs_ghostscript(ran) -> None:
+    out, results = ran
+    assert shutil.which("gs", path=str(out / "bin")) == str(out / "bin" / "gs")  # the recorder is in place
+    assert set(results) == set(_commands(Path(), out))  # every command ran
+    calls = out / "bin" / "gs.calls"
+    assert not calls.exists(), f"Ghostscript was started: {calls.read_text()}"
+
+
+def test_data_check_names_every_bad_file(ran, corpus: Path) -> None:
+    _, results = ran
+    stderr = _finished_within_memory(results, "data check", status=1)  # 1: problems found
+    assert "Traceback" not in stderr, stderr[-3000:]
+    report = results["data check"]["stdout"]
+    for split in ("train", "test"):
+        named = {str(Path(p).relative_to(corpus)): reason for p, reason in _bad_paths(corpus, split).items()}
+        _assert_named(report, named)
+    # Identical in train and test, so listed as a duplicate: the name comes out byte for byte.
+    assert os.fsdecode(NOT_UTF8_NAME) in report
 
 
 def test_train_skips_and_names_every_bad_file(ran, corpus: Path) -> None:

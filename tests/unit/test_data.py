@@ -235,6 +235,102 @@ def test_animated_images_give_their_first_frame(tmp_path: Path) -> None:
         assert red > 240 and green < 15 and blue < 15  # WebP is lossy
 
 
+# ------------------------------------------------------------------------------------------ formats
+
+READS = "birdshield reads JPEG, PNG, WebP, BMP, TIFF and GIF"
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 40 30\n%%EndComments\n0 0 moveto 40 30 lineto stroke\n"
+
+
+def _icon_around(png: bytes) -> bytes:
+    """An ICO file whose one entry declares 16 x 16 pixels and holds `png`."""
+    header = struct.pack("<HHH", 0, 1, 1)  # reserved, type 1 (icon), one image
+    return header + struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 32, len(png), len(header) + 16) + png
+
+
+@pytest.mark.parametrize("fmt", ["ICO", "ICNS", "PPM", "PCX", "SGI", "JPEG2000", "DDS"])
+def test_formats_no_photo_comes_in_are_refused_by_name(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / "bird.jpg"  # the name says JPEG; the bytes decide
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(path, format=fmt)
+    assert Image.open(path).format == fmt  # Pillow alone would decode it
+    with pytest.raises(BadImageError) as info:
+        data.read_rgb(path)
+    assert info.value.path == path and info.value.reason == f"unsupported image format ({fmt}); {READS}"
+
+
+def test_eps_is_refused_without_reaching_ghostscript(tmp_path: Path, monkeypatch) -> None:
+    from PIL import EpsImagePlugin
+
+    def ghostscript(*args, **kwargs):
+        pytest.fail("the EPS file was handed to Ghostscript")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", ghostscript)
+    monkeypatch.setattr(EpsImagePlugin, "has_ghostscript", ghostscript)
+    path = _write(tmp_path / "poster.jpg", EPS)
+    assert Image.open(path).format == "EPS"
+    with pytest.raises(BadImageError) as info:
+        data.read_rgb(path)
+    assert info.value.reason == f"unsupported image format (EPS); {READS}"
+
+
+def test_an_icon_around_a_huge_png_is_refused_before_anything_is_decoded(tmp_path: Path, monkeypatch) -> None:
+    """The icon's header says 16 x 16; Pillow would decode the PNG inside at its own 13,000 x 13,000."""
+    from PIL import IcoImagePlugin
+
+    monkeypatch.setattr(
+        IcoImagePlugin.IcoFile, "getimage", lambda *a, **k: pytest.fail("the embedded image was decoded")
+    )
+    path = _write(tmp_path / "icon.png", _icon_around(_png(13_000, 13_000, rows=2)))
+    with pytest.raises(BadImageError) as info:
+        data.read_rgb(path)
+    assert info.value.reason == f"unsupported image format (ICO); {READS}"
+
+
+def test_a_gif_frame_beyond_its_screen_counts_against_the_pixel_limit(tmp_path: Path) -> None:
+    """A GIF's first frame may be larger than the screen size its header declares: Pillow grows the image
+    to the frame when it opens the file, so the limit sees the size that would be decoded."""
+    buf = io.BytesIO()
+    Image.new("P", (100, 100)).save(buf, format="GIF")
+    gif = bytearray(buf.getvalue())
+    descriptor = gif.index(b",")  # the frame's left, top, width, height
+    gif[descriptor + 5 : descriptor + 9] = struct.pack("<HH", 12_000, 12_000)
+    path = _write(tmp_path / "screen.gif", bytes(gif))
+    assert gif[6:10] == struct.pack("<HH", 100, 100)
+    with pytest.raises(BadImageError, match="image too large: 12000 x 12000 pixels"):
+        data.read_rgb(path)
+
+
+def test_image_extensions_name_the_decoded_formats_only() -> None:
+    Image.init()
+    formats = {ext: Image.registered_extensions()[ext] for ext in data.IMAGE_EXTENSIONS}
+    assert set(formats.values()) == set(data.DECODED_FORMATS)
+
+
+def test_a_camera_jpeg_with_more_pictures_inside_is_read(tmp_path: Path) -> None:
+    """Cameras write JPEGs with a multi-picture block (stereo, previews): Pillow calls them MPO."""
+    path = tmp_path / "camera.jpg"
+    first, second = Image.new("RGB", (40, 30), (200, 10, 10)), Image.new("RGB", (40, 30), (0, 0, 0))
+    first.save(path, format="MPO", save_all=True, append_images=[second])
+    assert Image.open(path).format == "MPO"
+    red, green, blue = np.asarray(data.read_rgb(path))[10, 10].tolist()
+    assert red > 180 and green < 40 and blue < 40
+
+
+def test_a_file_name_that_is_not_utf8_is_read_checked_and_reported(tmp_path: Path, make_kaggle) -> None:
+    root = make_kaggle(tmp_path / "data", ["a", "b"])
+    photo = _jpeg_bytes(Image.effect_noise((64, 64), 60).convert("RGB"))
+    for split in ("train", "test"):  # the same file in two splits: the report names it as a duplicate
+        fd = os.open(os.fsencode(root / split / "a") + b"/bird\xff.jpg", os.O_WRONLY | os.O_CREAT, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(photo)
+    path = root / "train" / "a" / os.fsdecode(b"bird\xff.jpg")
+    assert data.read_rgb(path).size == (64, 64)
+    report = data.check(root)
+    assert report["unreadable"] == [] and len(report["exact_duplicates"]) == 1
+    name = "train/a/" + os.fsdecode(b"bird\xff.jpg")
+    assert name in report["exact_duplicates"][0]["paths"] and name in data.format_check(report)
+    assert json.loads(json.dumps(report)) == report  # escaped in JSON, back exactly as it was
+
+
 def test_sixteen_bit_conversion_in_blocks_is_exact(monkeypatch) -> None:
     values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
     monkeypatch.setattr("birdshield.data.images._BLOCK_ELEMENTS", 1000)  # 4 rows per block

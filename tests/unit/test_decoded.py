@@ -3,6 +3,7 @@ named, nothing decoded twice, and a training on it the same as one that decodes 
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -38,6 +39,13 @@ def test_cached_pixels_are_exactly_the_decoded_tensors(samples, tmp_path: Path, 
     assert len(pickle.dumps(images)) < 10_000  # workers get the file's name, never a copy of the pixels
     with pytest.raises(data.BadImageError, match="broken.jpg"):
         data.DecodedImages(samples, 25, tmp_path / "strict", strict=True)
+
+
+def test_a_file_name_that_is_not_utf8_is_cached(tmp_path: Path, make_image) -> None:
+    path = make_image(tmp_path / "img" / os.fsdecode(b"bird\xff.png"), seed=1, size=(40, 30))
+    images = data.DecodedImages([data.Sample(path, 0)], 24, tmp_path / "cache", workers=1)
+    x, _ = images[0]
+    assert torch.equal(data.as_float(x[None])[0], data.load_tensor(path, 24))
 
 
 def test_a_second_cache_of_the_same_images_decodes_nothing(samples, tmp_path: Path, monkeypatch) -> None:

@@ -121,3 +121,18 @@ def test_fast_cpu_path_is_chosen_for_large_data_on_a_cpu_only() -> None:
     assert _fast_cpu(robust, cpu, 10**6) is robust  # adversarial training cannot use cached features
     with pytest.raises(ValueError, match="excludes noise"):
         _fast_cpu(TrainConfig.from_preset("robust-cpu", "", "", fast_cpu="on"), cpu, 10)
+
+
+def test_keys_take_a_file_name_that_is_not_utf8(tmp_path: Path, make_kaggle) -> None:
+    """The feature cache's key and the run's resume fingerprint read such a name as its bytes."""
+    from birdshield.training.prepare import run_fingerprint
+
+    root = make_kaggle(tmp_path / "data", ["a", "b"], {"train": 3, "valid": 1})
+    first = root / "train" / "a" / "000.jpg"
+    first.rename(first.with_name(os.fsdecode(b"bird\xff.jpg")))
+    dataset = data.discover(root)
+    assert any(b"\xff" in os.fsencode(s.path) for s in dataset.splits["train"])
+    model = create_model(["a", "b"], arch="test_efficientnet", weights=None, image_size=48)
+    assert len(cache_key(model, dataset.splits["train"])) == 24
+    cfg = TrainConfig(str(root), str(tmp_path / "run"))
+    assert run_fingerprint(cfg, dataset) == run_fingerprint(cfg, data.discover(root))

@@ -137,6 +137,13 @@ def _save_with(tmp_path, meta_changes: dict, state_changes: dict | None = None) 
         ("std", [0.5, float("nan"), 0.5]),
         ("std", [0.5, 0.0, 0.5]),
         ("arch", None),
+        ("arch", "local-dir:/tmp/model"),
+        ("arch", "timm/resnet18"),
+        ("arch", "no_such_architecture"),
+        ("class_names", ["x", "y", "z" * 201]),
+        ("class_names", ["x", "y\nz", "w"]),
+        ("class_names", ["x", "y\tz", "w"]),
+        ("class_names", ["x", "y\u202ez", "w"]),  # right-to-left override: a name shown as another
         ("tta_flip", "yes"),
     ],
 )
@@ -146,6 +153,41 @@ def test_checkpoint_metadata_is_validated_naming_file_and_field(tmp_path, field,
     with pytest.raises(models.CheckpointError, match=f"metadata field '{field}'") as info:
         models.load_checkpoint(tmp_path)
     assert str(tmp_path / models.WEIGHTS_FILE) in str(info.value)
+
+
+def test_a_hub_architecture_is_refused_before_timm_builds_anything(tmp_path, monkeypatch):
+    """timm fetches the config of "hf-hub:..." from the network (and reads "local-dir:..." from the disk)
+    as it builds the model, before any weights are checked."""
+    _tiny(tmp_path)
+    _save_with(tmp_path, {"arch": "hf-hub:someone/model"})
+    monkeypatch.setattr(models.timm, "create_model", lambda *a, **k: pytest.fail("timm built a model"))
+    with pytest.raises(models.CheckpointError, match="metadata field 'arch' must be a timm architecture"):
+        models.load_checkpoint(tmp_path)
+    with pytest.raises(ValueError, match="architecture must be a timm architecture name"):
+        models.create_model(["a", "b"], arch="hf-hub:someone/model", weights=None)
+
+
+def test_class_names_are_bounded_in_number(tmp_path, monkeypatch):
+    _tiny(tmp_path)
+    monkeypatch.setattr(models, "MAX_CLASSES", 2)
+    with pytest.raises(models.CheckpointError, match="'class_names' lists 3 classes; at most 2"):
+        models.load_checkpoint(tmp_path)
+    monkeypatch.undo()
+    many = [f"species {i}" for i in range(100_001)]
+    assert models.class_names_problem(many) == "lists 100,001 classes; at most 100,000 are allowed"
+    assert models.class_names_problem(many[:100_000]) is None
+
+
+def test_class_names_in_any_script_with_any_space_are_kept(tmp_path):
+    names = ["Grünfink 鳥", "ヤマ\u3000ガラ", "a\u00a0b", "x | y", "z" * 200]
+    model = models.create_model(names, arch="test_efficientnet", weights=None, image_size=32)
+    models.save_checkpoint(model, tmp_path)
+    assert models.load_checkpoint(tmp_path).class_names == names
+
+
+def test_training_refuses_class_names_it_could_not_load(tmp_path):
+    with pytest.raises(ValueError, match=r"class names: holds a name with the unprintable character '\\n'"):
+        models.create_model(["a", "b\nc"], arch="test_efficientnet", weights=None)
 
 
 def test_class_names_must_match_the_classifier_in_the_weights(tmp_path):

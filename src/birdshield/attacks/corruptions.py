@@ -77,7 +77,7 @@ def jpeg(x: Tensor, severity: int = 1, *, seed: int = 0, quality: int | None = N
     for img in arr:
         buf = io.BytesIO()
         Image.fromarray(img).save(buf, format="JPEG", quality=quality)
-        decoded.append(np.asarray(Image.open(buf).convert("RGB")))
+        decoded.append(np.asarray(Image.open(buf, formats=["JPEG"]).convert("RGB")))
     out = torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2)
     return out.to(device=x.device, dtype=x.dtype) / 255
 

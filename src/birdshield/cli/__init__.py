@@ -7,6 +7,7 @@ library it calls.
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import sys
 import traceback
@@ -43,8 +44,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (options.UsageError, *USER_ERRORS)
 
 
+def _file_names_as_bytes() -> None:
+    """Print a file name that is not valid UTF-8 as the bytes it has on disk (Python holds them as surrogate
+    escapes), where a UTF-8 terminal's strict encoding would fail; stderr already escapes them."""
+    if isinstance(sys.stdout, io.TextIOWrapper) and sys.stdout.errors == "strict":
+        sys.stdout.reconfigure(errors="surrogateescape")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    _file_names_as_bytes()
     args = build_parser().parse_args(argv)
     if getattr(args, "preset", None):  # a preset changes the defaults; explicit options still win
         args = build_parser(args.preset).parse_args(argv)

@@ -242,6 +242,7 @@ def apply_preset(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..models import check_arch
     from ..training import config_from_options, train
 
     given = {k: v for k, v in vars(args).items() if k in FLAT_FIELDS}
@@ -249,6 +250,7 @@ def run(args: argparse.Namespace) -> int:
         given["weights"] = None
     with options.usage_errors():
         cfg = config_from_options(args.data, args.out, **given)
+        check_arch(cfg.arch)  # before any image is read
         if args.cv is None:
             if args.cv_eps or args.cv_folds:
                 raise ValueError("--cv-eps and --cv-folds go with --cv K")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from .check import check, format_check
 from .decoded import DecodedImages, as_float
 from .images import (
+    DECODED_FORMATS,
     IMAGE_EXTENSIONS,
     MAX_ASPECT,
     MAX_FILE_BYTES,
@@ -33,6 +34,7 @@ from .layouts import (
 from .loading import ImageDataset, collate_skip_bad, read_batches
 
 __all__ = [
+    "DECODED_FORMATS",
     "IMAGE_EXTENSIONS",
     "MAX_ASPECT",
     "MAX_FILE_BYTES",

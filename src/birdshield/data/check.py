@@ -30,6 +30,9 @@ __all__ = ["check", "format_check"]
 log = logging.getLogger("birdshield")
 
 _MAX_NEAR_PAIRS = 10_000  # flat images all hash alike; cap the report instead of listing O(n^2) pairs
+# Large images are decoded shrunk to a shorter side of at least 3 x this (images.REDUCING_GAP): the 9 x 8
+# hash needs no more, and a few 100 MP images decoded at once in full would take gigabytes.
+_HASHED_SIDE = 64
 
 
 @dataclass
@@ -49,7 +52,7 @@ def _dhash(img: Image.Image) -> int:
 def _inspect(path: Path) -> _Inspected:
     try:
         data = read_image_bytes(path)
-        img = _decode(path, data, MAX_PIXELS)
+        img = _decode(path, data, MAX_PIXELS, min_side=_HASHED_SIDE)
         dhash = _dhash(img)
     except BadImageError as e:
         return _Inspected(reason=e.reason)

@@ -40,7 +40,8 @@ def cache_key(samples: Sequence[Sample], size: int) -> str:
     h = hashlib.sha256(json.dumps({"format": FORMAT, "size": size}).encode())
     for s in samples:
         st = s.path.stat() if s.path.exists() else None
-        h.update(f"{s.path}\0{st and st.st_size}\0{st and st.st_mtime_ns}\0{s.label}\n".encode())
+        line = f"{s.path}\0{st and st.st_size}\0{st and st.st_mtime_ns}\0{s.label}\n"
+        h.update(line.encode(errors="surrogateescape"))  # a file name that is not UTF-8: its bytes
     return h.hexdigest()[:24]
 
 

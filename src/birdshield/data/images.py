@@ -1,8 +1,10 @@
 """Image files to pixels: safe decoding, any colour mode to RGB, and RGB to float tensors in [0, 1].
 
-Memory is bounded before anything large is allocated: the file size is capped before it is read, and the
-pixel count and aspect ratio are checked from the header before any pixel is decoded. `read_rgb` turns
-every failure (missing, empty, truncated, not an image, too large, odd mode, out of memory, any decoder
+Only the formats a bird photo comes in are decoded (DECODED_FORMATS): Pillow knows many more, and some of
+them run Ghostscript (EPS) or decode an embedded image larger than their header says (ICO, ICNS). Memory is
+bounded before anything large is allocated: the file size is capped before it is read, and the pixel count
+and aspect ratio are checked from the header before any pixel is decoded. `read_rgb` turns every failure
+(missing, empty, truncated, not an image, another format, too large, odd mode, out of memory, any decoder
 error) into a BadImageError that names the file and the reason; `to_tensor` resizes and centre-crops to the
 (3, size, size) float tensors every model takes; `load_tensor` does both and names the file on any failure.
 """
@@ -27,6 +29,7 @@ __all__ = [
     "MAX_ASPECT",
     "MAX_FILE_BYTES",
     "MAX_PIXELS",
+    "DECODED_FORMATS",
     "BadImageError",
     "load_pixels",
     "load_tensor",
@@ -38,9 +41,21 @@ __all__ = [
 
 log = logging.getLogger("birdshield")
 
+# Pillow's format name -> the name a message gives it. Pillow is asked for these only (GIF and multi-page
+# TIFF give their first frame; a JPEG with a multi-picture block opens as Pillow's MPO, a kind of JPEG).
+DECODED_FORMATS: dict[str, str] = {
+    "JPEG": "JPEG",
+    "PNG": "PNG",
+    "WEBP": "WebP",
+    "BMP": "BMP",
+    "TIFF": "TIFF",
+    "GIF": "GIF",
+}
+# The file names datasets and folders are read by: the usual extensions of DECODED_FORMATS.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 )
+_READS = ", ".join(list(DECODED_FORMATS.values())[:-1]) + " and " + list(DECODED_FORMATS.values())[-1]
 MAX_FILE_BYTES: int = 64 * 1024 * 1024  # a 100 MP photo is ~30 MB as JPEG; bigger files are refused unread
 MAX_PIXELS: int = 100_000_000  # 300 MB as 8-bit RGB once decoded
 # Longer side over shorter side. Beyond it an image is refused: no photo is a 50:1 strip, and the limit
@@ -189,12 +204,13 @@ def _shrunk(img: Image.Image, min_side: int) -> Image.Image:
 
 
 def _open_image(path: Path, data: bytes, max_pixels: int) -> Image.Image:
+    """The image with only its header read, its size checked against the limits."""
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=list(DECODED_FORMATS))
     except Image.DecompressionBombError as e:
         raise BadImageError(path, f"image too large: {e}") from e
     except UnidentifiedImageError as e:
-        raise BadImageError(path, "not an image file (unknown or unsupported format)") from e
+        raise BadImageError(path, _unidentified_reason(data)) from e
     except Exception as e:
         raise BadImageError(path, f"truncated or corrupt image data ({_describe(e)})") from e
     width, height = img.size
@@ -209,6 +225,24 @@ def _open_image(path: Path, data: bytes, max_pixels: int) -> Image.Image:
             path, f"extreme aspect ratio: {width} x {height} pixels is longer than {MAX_ASPECT}:1"
         )
     return img
+
+
+def _unidentified_reason(data: bytes) -> str:
+    """Why bytes none of DECODED_FORMATS opened are refused: the format Pillow would take them for, if any.
+
+    Only Pillow's prefix tests run on the first bytes (as in ``Image.open``); no other plugin parses the file.
+    """
+    Image.init()
+    prefix = data[:16]  # what Image.open gives the prefix tests
+    for name in (n for n in Image.ID if n not in DECODED_FORMATS):  # those failed to open already
+        accept = Image.OPEN[name][1]
+        try:
+            known = bool(accept and accept(prefix))
+        except Exception:  # a prefix test that fails on short input says nothing
+            known = False
+        if known:
+            return f"unsupported image format ({name}); birdshield reads {_READS}"
+    return "not an image file (unknown or unsupported format)"
 
 
 def _as_rgb(img: Image.Image) -> Image.Image:

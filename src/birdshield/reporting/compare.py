@@ -13,7 +13,7 @@ from typing import Any
 
 from ..attacks.eps import format_eps
 from ..errors import DataError
-from .markdown import pct_ci
+from .markdown import markdown_table, pct_ci
 
 REPORT, CERTIFY = "report.json", "certify.json"
 
@@ -124,9 +124,7 @@ def compare_table(reports: list[Reports], radii: tuple[float, ...] = (0.25, 0.5)
         if certify:
             row += [_certified(r.certify, radius) for radius in radii]
         rows.append(row)
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
-        "| " + " | ".join(row) + " |" for row in rows
-    ]
+    return markdown_table(header, rows)
 
 
 def _certified(result: dict[str, Any] | None, radius: float) -> str:

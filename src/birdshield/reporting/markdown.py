@@ -23,10 +23,14 @@ def pct_ci(accuracy: float, n: int, ci: list[float] | None = None) -> str:
 CI_NOTE = "95% Clopper-Pearson intervals in parentheses"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
-        "| " + " | ".join(r) + " |" for r in rows
-    ]
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """The lines of a Markdown table. Cells hold free text (class names, folder names): a `|` in one is
+    escaped and a line break becomes a space, so every row keeps its cells."""
+    return [_row(header), "|" + "---|" * len(header)] + [_row(r) for r in rows]
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(" ".join(str(c).splitlines()).replace("|", "\\|") for c in cells) + " |"
 
 
 def robustness_table(report: dict[str, Any]) -> list[str]:
@@ -38,7 +42,7 @@ def robustness_table(report: dict[str, Any]) -> list[str]:
     rows = [[a] + [acc[(a, e)] for e in eps] for a in attacks]
     ensemble = [f"**{pct_ci(e['robust_accuracy'], n, e.get('ci95'))}**" for e in report["ensemble"]]
     rows.append(["**ensemble (worst case)**", *ensemble])
-    return _table(["attack"] + [format_eps(e) for e in eps], rows)
+    return markdown_table(["attack"] + [format_eps(e) for e in eps], rows)
 
 
 def _flag_lines(report: dict[str, Any]) -> list[str]:
@@ -120,7 +124,7 @@ def report_markdown(report: dict[str, Any], plots: list[str]) -> str:
         rows = [
             [c["label"], pct_ci(c["accuracy"], report["n"], c.get("ci95"))] for c in report["corruptions"]
         ]
-        lines += ["", "## Corruptions", "", *_table(["corruption", "accuracy"], rows), ""]
+        lines += ["", "## Corruptions", "", *markdown_table(["corruption", "accuracy"], rows), ""]
     lines += _class_sections(report)
     lines += [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
@@ -138,11 +142,12 @@ def _class_sections(report: dict[str, Any], most: int = 15) -> list[str]:
             "",
             f"## Clean accuracy per class, worst first{more}",
             "",
-            *_table(["class", "n", "accuracy"], rows),
+            *markdown_table(["class", "n", "accuracy"], rows),
         ]
     if pairs:
         rows = [[p["true"], p["predicted"], str(p["count"])] for p in pairs[:most]]
-        lines += ["", "## Most confused (clean)", "", *_table(["true", "predicted as", "images"], rows)]
+        header = ["true", "predicted as", "images"]
+        lines += ["", "## Most confused (clean)", "", *markdown_table(header, rows)]
     return lines + ([""] if lines else [])
 
 
@@ -175,7 +180,7 @@ def _detail_table(report: dict[str, Any]) -> list[str]:
         [r["attack"], format_eps(r["eps"]), str(r["n_attacked"]), str(r["fooled"]), f"{r['seconds']:.1f}"]
         for r in report["results"]
     ]
-    return _table(["attack", "eps", "images attacked", "newly fooled", "seconds"], rows)
+    return markdown_table(["attack", "eps", "images attacked", "newly fooled", "seconds"], rows)
 
 
 # ------------------------------------------------------------------------------------------- certify

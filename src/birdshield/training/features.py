@@ -62,7 +62,8 @@ def cache_key(model: Classifier, samples: Sequence[data.Sample]) -> str:
     h.update(_trunk_digest(model).encode())
     for s in samples:
         st = s.path.stat() if s.path.exists() else None
-        h.update(f"{s.path}\0{st and st.st_size}\0{st and st.st_mtime_ns}\0{s.label}\n".encode())
+        line = f"{s.path}\0{st and st.st_size}\0{st and st.st_mtime_ns}\0{s.label}\n"
+        h.update(line.encode(errors="surrogateescape"))  # a file name that is not UTF-8: its bytes
     return h.hexdigest()[:24]
 
 

@@ -221,7 +221,8 @@ def run_fingerprint(cfg: TrainConfig, dataset: data.Dataset) -> str:
     h.update(json.dumps(dataset.class_names).encode())
     for split in ("train", "valid"):
         for s in dataset.splits[split]:
-            h.update(f"{split}\0{_relative(s.path, dataset.root)}\0{s.label}\0".encode())
+            line = f"{split}\0{_relative(s.path, dataset.root)}\0{s.label}\0"
+            h.update(line.encode(errors="surrogateescape"))  # a file name that is not UTF-8: its bytes
             h.update(_file_digest(s.path))
     return h.hexdigest()
 
