@@ -168,8 +168,8 @@ def photo_host() -> Iterator[_PhotoHost]:
 def test_file_data_given_as_a_url_is_refused_and_never_fetched(page: Page, photo, photo_host, monkeypatch):
     import safehttpx
 
-    # Gradio downloads such a URL when its host is public (after its SSRF check, which would also ask
-    # dns.google about a private one); no public host is reachable here, so the check takes this one for one.
+    # Gradio downloads such a URL when its host is public (its SSRF check asks dns.google about a private
+    # one first). A test must not reach a public host, so the check is told this local one is public.
     monkeypatch.setattr(safehttpx, "is_public_ip", lambda ip: True)
     url = f"{photo_host.url}/bird.png"
     remote = {"path": url, "url": url, "orig_name": "bird.png", "meta": FILE}

@@ -196,13 +196,15 @@ def test_a_killed_servers_scratch_folder_is_removed_by_the_next_start(tmp_path: 
     server = subprocess.Popen(
         [sys.executable, "-c", make, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env
     )
-    left = Path(server.stdout.readline().strip())
-    assert left.parent == tmp_path and _files(left)
-    scratch.Scratch(tmp_path).remove()  # another server starts while the first still runs: kept
-    assert left.is_dir()
-    server.send_signal(signal.SIGKILL)  # no atexit runs
-    server.wait(timeout=30)
-    server.stdout.close()
+    try:
+        left = Path(server.stdout.readline().strip())
+        assert left.parent == tmp_path and _files(left)
+        scratch.Scratch(tmp_path).remove()  # another server starts while the first still runs: kept
+        assert left.is_dir()
+    finally:
+        server.send_signal(signal.SIGKILL)  # no atexit runs
+        server.wait(timeout=30)
+        server.stdout.close()
     assert left.is_dir()
     box = scratch.Scratch(tmp_path)
     assert not left.exists() and box.root.is_dir()

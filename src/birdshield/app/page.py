@@ -23,6 +23,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import gradio as gr  # noqa: E402
+from gradio.utils import get_upload_folder, is_in_or_equal  # noqa: E402
 from gradio_client import utils as client_utils  # noqa: E402
 from PIL import Image  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
@@ -110,14 +111,14 @@ def refuse_remote_files(inputs: Any) -> None:
     Gradio downloads a file whose path is an http(s) URL before any handler runs: past --max-upload-mb,
     and a request leaving the machine. A path on the server outside Gradio's upload folder is refused too
     (Gradio refuses those for API calls; this holds for every call)."""
-    uploads = gr.utils.get_upload_folder()
+    uploads = get_upload_folder()
 
     def check(file: dict) -> dict:
         path = file["path"]
         if "://" in path:
             raise gr.Error("A file given as a URL is refused (this page fetches nothing): upload the photo.")
         try:
-            uploaded = gr.utils.is_in_or_equal(path, uploads)
+            uploaded = is_in_or_equal(path, uploads)
         except (OSError, ValueError):  # a NUL byte, a path too long
             uploaded = False
         if not uploaded:
@@ -128,13 +129,19 @@ def refuse_remote_files(inputs: Any) -> None:
 
 
 class PageBlocks(gr.Blocks):
-    """gr.Blocks whose events take file data only as uploads to this page (see refuse_remote_files)."""
+    """gr.Blocks whose events take file data only as uploads to this page (see refuse_remote_files) and
+    whose server refuses to relay URLs (NoRemoteFileRoute), however it is launched."""
 
     async def preprocess_data(
         self, block_fn: Any, inputs: list[Any], state: Any, explicit_call: bool = False
     ) -> list[Any]:
         refuse_remote_files(inputs)  # before Gradio moves (or downloads) any file into its cache
         return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+
+    def launch(self, *args: Any, app_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        app_kwargs = dict(app_kwargs or {})
+        app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(NoRemoteFileRoute)]
+        return super().launch(*args, app_kwargs=app_kwargs, **kwargs)
 
 
 class NoRemoteFileRoute:
@@ -624,7 +631,6 @@ def launch(
         share=False,
         inbrowser=False,
         max_file_size=int(settings.max_upload_mb * actions.MB),
-        app_kwargs={"middleware": [Middleware(NoRemoteFileRoute)]},
         prevent_thread_lock=True,
         quiet=True,
         ssr_mode=False,
