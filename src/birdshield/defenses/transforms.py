@@ -95,7 +95,8 @@ class BitDepth(InputTransform):
 class MedianFilter(InputTransform):
     """Per-channel median over a kernel x kernel window, borders reflected; kernel 1 is the identity.
 
-    The kernel is at most MAX_MEDIAN_KERNEL: the windows take kernel**2 times the image's memory."""
+    The windows take kernel**2 times an image's memory, so the kernel is at most MAX_MEDIAN_KERNEL and
+    a batch is filtered one image at a time."""
 
     def __init__(self, kernel: int = 3, *, bpda: bool = True) -> None:
         super().__init__(bpda)
@@ -107,8 +108,12 @@ class MedianFilter(InputTransform):
         k = self.kernel
         if k == 1:
             return x.clone()
+        return torch.cat([self._median(image, k) for image in x.split(1)])
+
+    @staticmethod
+    def _median(x: Tensor, k: int) -> Tensor:
         padded = nn.functional.pad(x, (k // 2,) * 4, mode="reflect")
-        windows = padded.unfold(2, k, 1).unfold(3, k, 1)  # (N, C, H, W, k, k)
+        windows = padded.unfold(2, k, 1).unfold(3, k, 1)  # (1, C, H, W, k, k), copied by flatten
         return windows.flatten(-2).median(dim=-1).values
 
     def extra_repr(self) -> str:
