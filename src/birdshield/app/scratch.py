@@ -44,7 +44,10 @@ def remove_stale(parent: Path) -> list[Path]:
         match = _OWNED.fullmatch(path.name)
         if not match or int(match[1]) == os.getpid() or path.is_symlink() or not path.is_dir():
             continue
-        if hasattr(os, "getuid") and path.stat().st_uid != os.getuid():
+        try:
+            if hasattr(os, "getuid") and path.stat().st_uid != os.getuid():
+                continue
+        except OSError:  # removed meanwhile by another starting server
             continue
         if not _alive(int(match[1])):
             shutil.rmtree(path, ignore_errors=True)
