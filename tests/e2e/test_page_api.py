@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -18,7 +20,7 @@ from typing import Any, NamedTuple
 import httpx
 import pytest
 import torch
-from conftest import TINY_CLASSES, textured_image
+from conftest import REPO, TINY_CLASSES, textured_image
 from torch import Tensor, nn
 
 from birdshield import models
@@ -249,3 +251,25 @@ def test_the_upload_cap_holds_at_gradios_own_upload_endpoint(page: Page):
     sizes = [p.stat().st_size for p in page.uploads.rglob("*") if p.is_file()]
     assert max(sizes) <= cap
     assert not any(p.name == "big.jpg" for p in page.uploads.rglob("*"))
+
+
+def test_serve_stopped_by_sigterm_closes_and_removes_its_scratch_folder(tmp_path: Path):
+    """The CLI with no RUN_DIR (the offline ImageNet bird model), its temp folder under tmp_path."""
+
+    port = _free_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path), GRADIO_TEMP_DIR=str(tmp_path / "g"))
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "birdshield.cli", "--threads", "1", "serve", "--port", str(port)]
+    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not _connects("127.0.0.1", port):
+            assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()
+            time.sleep(0.3)
+        scratch = list(tmp_path.glob(f"birdshield-page-{server.pid}-*"))
+        assert len(scratch) == 1 and scratch[0].is_dir()
+    finally:
+        server.terminate()  # SIGTERM
+        code = server.wait(timeout=60)
+        server.stderr.close()
+    assert code in (0, 130) and not scratch[0].exists()  # as after Ctrl+C (130: before the page's loop)

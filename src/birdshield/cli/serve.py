@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
+import threading
 from pathlib import Path
 
 from . import options
@@ -86,5 +88,13 @@ def run(args: argparse.Namespace) -> int:
         max_upload_mb=args.max_upload_mb,
         job_timeout_s=args.job_timeout,
     )
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
     launch(served, settings, host=args.host, port=args.port)
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM (a plain `kill`, a service manager's stop) ends the page as Ctrl+C does, so the server
+    closes and its scratch folder is removed at exit."""
+    raise KeyboardInterrupt
