@@ -113,6 +113,14 @@ def test_train_refuses_an_architecture_timm_does_not_register_before_reading_dat
         )
 
 
+@pytest.mark.parametrize("seconds", ["0", "-5", "nan", "inf"])
+def test_serve_needs_a_positive_job_time_limit(capsys, seconds: str):
+    assert main(["serve", "--job-timeout", seconds]) == 2  # refused before any model loads
+    assert "--job-timeout must be a number of seconds > 0" in capsys.readouterr().err
+    help_text = dict(_parsers(build_parser()))["birdshield serve"].format_help()
+    assert "--job-timeout SECONDS" in help_text and "(default: 300)" in help_text
+
+
 def test_an_internal_error_keeps_its_traceback(monkeypatch):
     from birdshield.cli import data as data_command
 

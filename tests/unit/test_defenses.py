@@ -33,6 +33,7 @@ from birdshield.defenses import (
     Smoothed,
     certified_radius,
     lower_confidence_bound,
+    make_defense,
     required_votes,
 )
 from birdshield.evaluation.certify import certified_accuracy
@@ -291,6 +292,31 @@ def test_identities_and_jpeg_is_a_pil_round_trip() -> None:
         Image.fromarray(img).save(buf, format="JPEG", quality=40)
         expected = torch.from_numpy(np.array(Image.open(buf))).permute(2, 0, 1) / 255
         assert torch.equal(JPEG(40)(x8)[i], expected)
+
+
+@pytest.mark.parametrize(
+    ("name", "param", "reason"),
+    [
+        ("median", 17, "odd size in 1..15"),  # unfold takes 3*H*W*k^2 floats: 201 at 224 px is ~24 GB
+        ("median", 201, "odd size in 1..15"),
+        ("median", 4, "odd size"),
+        ("median", float("inf"), "whole number"),
+        ("jpeg", float("nan"), "whole number"),
+        ("jpeg", 96, "1..95"),
+        ("bits", 17, "1..16"),
+        ("smoothing", float("nan"), "sigma must be > 0"),
+        ("smoothing", float("inf"), "sigma must be > 0"),
+    ],
+)
+def test_a_parameter_out_of_its_range_is_refused_before_any_work(name: str, param: float, reason: str):
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        make_defense(name, param)
+
+
+def test_the_largest_median_kernel_still_filters():
+    spike = torch.full((1, 3, 20, 20), 0.25)
+    spike[..., 5:8, 5:8] = 1.0  # 9 bright pixels are fewer than half of any 15 x 15 window
+    assert torch.equal(MedianFilter(15)(spike), torch.full_like(spike, 0.25))
 
 
 @pytest.mark.parametrize("t", TRANSFORMS[:1] + TRANSFORMS[2:], ids=repr)

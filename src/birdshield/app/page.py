@@ -1,8 +1,10 @@
 """The Gradio page: panels that call `actions` and show each served model's answer side by side.
 
 Offline and local by design: analytics off, no share link, fonts and scripts from the installed wheel,
-bound to 127.0.0.1 unless asked otherwise; uploads bounded in bytes and pixels; one job at a time (every
-event that runs a model shares one queue slot), and a Stop button for the long ones.
+bound to 127.0.0.1 unless asked otherwise; uploads bounded in bytes and pixels, and file data accepted only
+as an upload to this page (a URL is refused, never fetched); one job at a time (every event that runs a
+model shares one queue slot), a Stop button for the long ones and a time limit per job. Every handler
+checks its own inputs: a client can call the API endpoints directly, past the sliders' limits.
 """
 
 from __future__ import annotations
@@ -11,32 +13,41 @@ import os
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no telemetry, no update check
 
-import atexit  # noqa: E402
+import math  # noqa: E402
 import re  # noqa: E402
-import shutil  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
+from collections.abc import Iterator, Sequence  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import gradio as gr  # noqa: E402
+from gradio.utils import get_upload_folder, is_in_or_equal  # noqa: E402
+from gradio_client import utils as client_utils  # noqa: E402
 from PIL import Image  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
+from starlette.responses import PlainTextResponse  # noqa: E402
+from starlette.types import ASGIApp, Receive, Scope, Send  # noqa: E402
 
 from .. import data  # noqa: E402
 from ..attacks.eps import format_eps  # noqa: E402
 from ..attacks.registry import ATTACK_SPECS  # noqa: E402
 from ..defenses import make_defense  # noqa: E402
-from ..defenses.specs import DEFENSES, TRANSFORM_NAMES  # noqa: E402
+from ..defenses.specs import DEFENSES, PARAM_RANGES, TRANSFORM_NAMES, param_text  # noqa: E402
 from ..inference import Top  # noqa: E402
 from . import actions, host_warning, reports  # noqa: E402
-from .jobs import Cancelled, JobGuard  # noqa: E402
+from .jobs import Cancelled, JobGuard, TimedOut  # noqa: E402
+from .scratch import Scratch  # noqa: E402
 
 JOB = "model"  # the concurrency group of every event that runs a model: one job at a time in all
 UNTARGETED = "untargeted"
 SIGMAS = [0.12, 0.25, 0.5, 1.0]
 ALPHA = 0.001  # smoothing's error probability: each certificate is wrong with probability at most this
+MAX_EPS_255, MAX_EPS_L2 = 16.0, 5.0  # the attack budgets offered (Linf in /255 grey levels; L2 pixel units)
+MAX_STEPS = 1000  # an attack's steps (Square: queries)
+MIN_SAMPLES, MAX_SAMPLES = 100, 10_000  # smoothing's n
+JOB_TIMEOUT_S = 300.0  # a job still running this long after it started is stopped (serve --job-timeout)
 INTRO = (
     "# birdshield\n"
     "Upload a bird photo, attack it, and watch the models disagree. Everything runs on this machine; "
@@ -46,11 +57,13 @@ INTRO = (
 
 @dataclass
 class Settings:
-    """What `birdshield serve` passes on: where test photos and reports are, and the upload limit."""
+    """What `birdshield serve` passes on: where test photos and reports are, the upload limit and the time
+    limit per job."""
 
     data_dir: Path | None = None
     reports_dir: Path = field(default_factory=Path.cwd)
     max_upload_mb: float = actions.MAX_UPLOAD_MB
+    job_timeout_s: float = JOB_TIMEOUT_S
 
 
 def test_photos(data_dir: Path | None, limit: int = 2000) -> list[str]:
@@ -80,18 +93,96 @@ def _session(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "local"
 
 
+def _number(value: Any, what: str, low: float, high: float, *, whole: bool = False) -> float:
+    """`value` as a number in low..high (a whole one if asked), or a gr.Error naming `what` and its range."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError, OverflowError):
+        x = math.nan
+    if not low <= x <= high or (whole and x != int(x)):
+        kind = "a whole number" if whole else "a number"
+        raise gr.Error(f"{what} must be {kind} in {low:g}..{high:g}, got {str(value)[:20]}.")
+    return x
+
+
+def refuse_remote_files(inputs: Any) -> None:
+    """A gr.Error for file data in an event's inputs that is not a file uploaded to this page.
+
+    Gradio downloads a file whose path is an http(s) URL before any handler runs: past --max-upload-mb,
+    and a request leaving the machine. A path on the server outside Gradio's upload folder is refused too
+    (Gradio refuses those for API calls; this holds for every call)."""
+    uploads = get_upload_folder()
+
+    def check(file: dict) -> dict:
+        path = file["path"]
+        if "://" in path:
+            raise gr.Error("A file given as a URL is refused (this page fetches nothing): upload the photo.")
+        try:
+            uploaded = is_in_or_equal(path, uploads)
+        except (OSError, ValueError):  # a NUL byte, a path too long
+            uploaded = False
+        if not uploaded:
+            raise gr.Error("A file given as a path on the server is refused: upload the photo.")
+        return file
+
+    client_utils.traverse(inputs, check, client_utils.is_file_obj)
+
+
+class PageBlocks(gr.Blocks):
+    """gr.Blocks whose events take file data only as uploads to this page (see refuse_remote_files) and
+    whose server refuses to relay URLs (NoRemoteFileRoute), however it is launched."""
+
+    async def preprocess_data(
+        self, block_fn: Any, inputs: list[Any], state: Any, explicit_call: bool = False
+    ) -> list[Any]:
+        refuse_remote_files(inputs)  # before Gradio moves (or downloads) any file into its cache
+        return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+
+    def launch(self, *args: Any, app_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        app_kwargs = dict(app_kwargs or {})
+        app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(NoRemoteFileRoute)]
+        return super().launch(*args, app_kwargs=app_kwargs, **kwargs)
+
+
+class NoRemoteFileRoute:
+    """ASGI middleware: Gradio's /file= route fetches and relays any public http(s) URL it is given; this
+    page serves its own files only, so that request is refused before Gradio sees it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and "://" in scope["path"].partition("/file=")[2]:
+            refusal = PlainTextResponse("This page serves its own files only, not URLs.", status_code=403)
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 class Page:
     """The handlers behind the page's components, for one set of served models."""
 
     def __init__(self, served: Sequence[actions.Served], settings: Settings) -> None:
         self.served, self.settings = list(served), settings
         self.names = [s.name for s in self.served]
-        self.guard = JobGuard()
+        self.attacks = actions.page_attacks(self.served)
+        self.guard = JobGuard(settings.job_timeout_s)
         for s in self.served:
             self.guard.watch(s.model)
         self.photos = test_photos(settings.data_dir)
-        self.scratch = Path(tempfile.mkdtemp(prefix="birdshield-page-"))  # (Gradio serves copies of these)
-        atexit.register(shutil.rmtree, self.scratch, ignore_errors=True)
+        self.scratch = Scratch()  # files handed to Gradio, which serves copies of them
+
+    @contextmanager
+    def _job(self, request: gr.Request | None) -> Iterator[None]:
+        """The visitor's job (one at a time); past the time limit it ends in a one-line gr.Error."""
+        try:
+            with self.guard.job(_session(request)):
+                yield
+        except TimedOut as e:
+            raise gr.Error(
+                f"Stopped: the job ran past this page's limit of {self.guard.timeout_s:g} s per job. Ask "
+                "for fewer steps or samples (`birdshield serve --job-timeout` sets the limit)."
+            ) from e
 
     def _photo(self, path: str | None, missing: str) -> Image.Image:
         if not path:
@@ -107,9 +198,7 @@ class Page:
         return self._photo(path, "Upload a photo first.")
 
     def _scratch_file(self, name: str, content: bytes) -> str:
-        folder = Path(tempfile.mkdtemp(dir=self.scratch))
-        (folder / name).write_bytes(content)
-        return str(folder / name)
+        return str(self.scratch.add(name, content))
 
     # ------------------------------------------------------------------------------------------- photo
 
@@ -130,7 +219,7 @@ class Page:
             photo = actions.read_photo(path, self.settings.max_upload_mb)
         except data.BadImageError as e:
             return [f"**⚠ {_plain(actions.photo_error(e))}**", *[None] * (2 * n)]
-        with self.guard.job(_session(request)):
+        with self._job(request):
             tops = actions.predict_image(self.served, photo)
         views = [actions.model_view(s.model, photo) for s in self.served]
         status = f"Photo **{_plain(Path(path).name)}**, {photo.width} × {photo.height} px"
@@ -152,18 +241,26 @@ class Page:
         request: gr.Request,
     ) -> list[Any]:
         """Original | perturbation | adversarial, the PNG to download, a summary, each model's top-5."""
+        if attack not in self.attacks:
+            raise gr.Error(f"Unknown attack {str(attack)[:20]}; this page offers {', '.join(self.attacks)}.")
+        if attacked not in self.names:
+            raise gr.Error(f"No model called {str(attacked)[:40]}; attack one of {', '.join(self.names)}.")
+        if norm == "linf":
+            eps = _number(eps_255, "eps (Linf, in /255 grey levels)", 0, MAX_EPS_255) / 255
+        else:
+            eps = _number(eps_l2, "eps (L2)", 0, MAX_EPS_L2)
+        n_steps = int(_number(steps, "steps", 0, MAX_STEPS, whole=True))
         photo = self._photo(path, "Upload a photo first.")
-        eps = eps_255 / 255 if norm == "linf" else float(eps_l2)
         try:
-            with self.guard.job(_session(request)):
+            with self._job(request):
                 out = actions.attack_image(
                     self.served,
                     photo,
                     attack=attack,
                     eps=eps,
-                    attacked=self.names.index(attacked) if attacked in self.names else 0,
+                    attacked=self.names.index(attacked),
                     norm=norm,
-                    steps=int(steps) or None,
+                    steps=n_steps or None,
                     target=None if target in (UNTARGETED, None) else target,
                     early_stop=bool(early_stop),
                 )
@@ -177,6 +274,8 @@ class Page:
 
     def attack_options(self, attack: str, attacked: str) -> tuple[Any, Any, Any, Any]:
         """The attack's one-line summary, and the norms, steps and targets that fit it and the model."""
+        if attack not in self.attacks:
+            raise gr.Error(f"Unknown attack {str(attack)[:20]}; this page offers {', '.join(self.attacks)}.")
         spec = ATTACK_SPECS[attack]
         model = self.served[self.names.index(attacked) if attacked in self.names else 0].model
         targets = [UNTARGETED, *model.class_names] if spec.targeted else [UNTARGETED]
@@ -201,28 +300,39 @@ class Page:
         request: gr.Request,
     ) -> list[Any]:
         """The transformed image (as the first model sees it), then each model's top-5 through it."""
-        photo = self._source(source, path, adv_path)
+        if transform != "none" and transform not in TRANSFORM_NAMES:
+            raise gr.Error(f"Unknown transform {str(transform)[:20]}; choose {', '.join(TRANSFORM_NAMES)}.")
+        if transform != "none":  # the transform checks the rest (a median kernel is odd)
+            what = f"{transform}: {DEFENSES[transform][0]}"
+            param = _number(param, what, *PARAM_RANGES[transform], whole=True)
         try:
             defense = make_defense(transform, None if transform == "none" else param)
         except ValueError as e:
             raise gr.Error(str(e)) from e
-        with self.guard.job(_session(request)):
+        photo = self._source(source, path, adv_path)
+        with self._job(request):
             tops = actions.predict_image(self.served, photo, defense=defense)
         view = actions.transformed_view(self.served[0].model, photo, defense)
         return [view, *map(_label, tops)]
 
     def estimate(self, n: float) -> str:
-        seconds = actions.smoothing_seconds(self.served, int(n))
-        return f"Estimated time here: about **{seconds:.0f} s** (n = {int(n)} + 100 samples per model)."
+        n = int(_number(n, "n noisy samples", MIN_SAMPLES, MAX_SAMPLES, whole=True))
+        seconds = actions.smoothing_seconds(self.served, n)
+        text = f"Estimated time here: about **{seconds:.0f} s** (n = {n} + 100 samples per model)."
+        limit = self.settings.job_timeout_s
+        return text + (f" That is over this page's limit of {limit:g} s per job." if seconds > limit else "")
 
     def certify(
         self, source: str, path: str | None, adv_path: str | None, sigma: float, n: float, request: gr.Request
     ) -> list[Any]:
         """Per model: the vote shares, then a line with the answer and its certified radius."""
+        if sigma not in SIGMAS:
+            raise gr.Error(f"noise sigma must be one of {', '.join(f'{s:g}' for s in SIGMAS)}.")
+        n = int(_number(n, "n noisy samples", MIN_SAMPLES, MAX_SAMPLES, whole=True))
         photo = self._source(source, path, adv_path)
         try:
-            with self.guard.job(_session(request)):
-                certs = actions.certify_image(self.served, photo, sigma=float(sigma), n=int(n), alpha=ALPHA)
+            with self._job(request):
+                certs = actions.certify_image(self.served, photo, sigma=float(sigma), n=n, alpha=ALPHA)
         except Cancelled:
             return [gr.skip()] * len(self.served) + ["Stopped."] * len(self.served)
         except ValueError as e:
@@ -286,7 +396,7 @@ def build_page(served: Sequence[actions.Served], settings: Settings | None = Non
     """The page for these models (each panel shows every model side by side)."""
     page = Page(served, settings or Settings())
     job = {"concurrency_id": JOB, "concurrency_limit": 1}
-    with gr.Blocks(analytics_enabled=False, title="birdshield", delete_cache=(1800, 3600)) as blocks:
+    with PageBlocks(analytics_enabled=False, title="birdshield", delete_cache=(1800, 3600)) as blocks:
         gr.Markdown(INTRO)
         with gr.Row():
             photo = gr.File(
@@ -352,10 +462,12 @@ def _attack_tab(page: Page) -> dict[str, Any]:
         )
         ui["norm"] = gr.Radio(["linf", "l2"], value="linf", label="norm")
         ui["eps_255"] = gr.Slider(
-            0, 16, value=4, step=0.5, label="eps (Linf), in /255 grey levels", elem_id="eps"
+            0, MAX_EPS_255, value=4, step=0.5, label="eps (Linf), in /255 grey levels", elem_id="eps"
         )
-        ui["eps_l2"] = gr.Slider(0, 5, value=0.5, step=0.05, label="eps (L2), pixel units", visible=False)
-        ui["steps"] = gr.Slider(0, 1000, value=0, step=1, label=_steps_label(ui["attack"].value))
+        ui["eps_l2"] = gr.Slider(
+            0, MAX_EPS_L2, value=0.5, step=0.05, label="eps (L2), pixel units", visible=False
+        )
+        ui["steps"] = gr.Slider(0, MAX_STEPS, value=0, step=1, label=_steps_label(ui["attack"].value))
     with gr.Row():
         ui["attacked"] = gr.Radio(page.names, value=page.names[0], label="attack which model")
         ui["target"] = gr.Dropdown([UNTARGETED], value=UNTARGETED, label="target species")
@@ -424,7 +536,7 @@ def _defend_tab(page: Page) -> dict[str, Any]:
     gr.Markdown("### Input transforms, applied before every model")
     with gr.Row():
         ui["transform"] = gr.Radio(["none", *TRANSFORM_NAMES], value="jpeg", label="transform")
-        ui["param"] = gr.Number(DEFENSES["jpeg"][1], label=f"{DEFENSES['jpeg'][0]}", precision=None)
+        ui["param"] = gr.Number(DEFENSES["jpeg"][1], label=param_text("jpeg"), precision=None)
         ui["run"] = gr.Button("Predict through the transform", variant="primary")
     with gr.Row():
         ui["view"] = gr.Image(label="after the transform", format="png", interactive=False, height=240)
@@ -435,7 +547,7 @@ def _defend_tab(page: Page) -> dict[str, Any]:
     )
     with gr.Row():
         ui["sigma"] = gr.Dropdown(SIGMAS, value=0.25, label="noise sigma (pixel units)")
-        ui["n"] = gr.Slider(100, 10000, value=1000, step=100, label="n noisy samples")
+        ui["n"] = gr.Slider(MIN_SAMPLES, MAX_SAMPLES, value=1000, step=100, label="n noisy samples")
         ui["estimate"] = gr.Markdown(page.estimate(1000))
     with gr.Row():
         ui["certify"] = gr.Button("Certify", variant="primary")
@@ -454,7 +566,7 @@ def _wire_defend(
 ) -> None:
     ui["transform"].change(
         lambda t: (
-            gr.update(value=DEFENSES[t][1], label=DEFENSES[t][0]) if t != "none" else gr.update(label="-")
+            gr.update(value=DEFENSES[t][1], label=param_text(t)) if t != "none" else gr.update(label="-")
         ),
         ui["transform"],
         ui["param"],

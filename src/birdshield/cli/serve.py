@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
+import signal
+import threading
 from pathlib import Path
 
 from . import options
@@ -21,7 +24,9 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "(vote, abstention, certified L2 radius); open the reports `evaluate` and `certify` wrote. Without "
         "a RUN_DIR the offline ImageNet backbone names its 59 bird classes, so no dataset is needed; with "
         "several (e.g. a standard and a robust run) every panel shows them side by side. One job runs at "
-        "a time. Nothing leaves the machine: no analytics, no share link, assets from the installed wheel.",
+        "a time, and one still running after --job-timeout seconds is stopped. Nothing leaves the machine: "
+        "no analytics, no share link, assets from the installed wheel, file data taken only as uploads (a "
+        "URL is refused, never fetched).",
     )
     p.add_argument(
         "run_dirs",
@@ -49,14 +54,24 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--max-upload-mb", type=float, default=10.0, help="largest photo accepted, in MB (2**20 bytes)"
     )
+    p.add_argument(
+        "--job-timeout",
+        type=float,
+        default=300,
+        metavar="SECONDS",
+        help="stop a job (an attack, a smoothing vote) still running this long after it started, and tell "
+        "the visitor why; time waiting for the one job slot does not count",
+    )
     options.add_device(p)
     p.set_defaults(handler=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.max_upload_mb <= 0:
+    if not args.max_upload_mb > 0:
         raise options.UsageError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
+    if not 0 < args.job_timeout < math.inf:
+        raise options.UsageError(f"--job-timeout must be a number of seconds > 0, got {args.job_timeout}")
     if args.data and not Path(args.data).is_dir():
         raise options.UsageError(f"--data {args.data}: not a folder")
     if not Path(args.reports).is_dir():
@@ -71,6 +86,15 @@ def run(args: argparse.Namespace) -> int:
         data_dir=Path(args.data) if args.data else None,
         reports_dir=Path(args.reports),
         max_upload_mb=args.max_upload_mb,
+        job_timeout_s=args.job_timeout,
     )
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
     launch(served, settings, host=args.host, port=args.port)
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM (a plain `kill`, a service manager's stop) ends the page as Ctrl+C does, so the server
+    closes and its scratch folder is removed at exit."""
+    raise KeyboardInterrupt

@@ -6,6 +6,7 @@ Adversarial training lives in `birdshield.training`.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..lazy import lazy_exports
@@ -34,7 +35,7 @@ def make_defense(name: str, param: float | None = None, **smoothing: Any) -> Any
         return None
     if name == "smoothing":
         sigma = DEFENSES["smoothing"][1] if param is None else param
-        if sigma <= 0:
+        if not 0 < sigma < math.inf:  # NaN fails this too
             raise ValueError(f"smoothing: sigma must be > 0, got {sigma}")
         defense = SmoothingDefense(sigma=sigma, **smoothing)
         if defense.n < 1 or not 0 < defense.alpha < 1:

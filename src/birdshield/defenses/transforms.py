@@ -11,11 +11,13 @@ logits over several random draws. `Defended(model, transform)` is then an ordina
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
 from ..attacks.corruptions import jpeg as jpeg_round_trip
-from .specs import DEFENSES
+from .specs import DEFENSES, MAX_MEDIAN_KERNEL, PARAM_RANGES
 
 
 class InputTransform(nn.Module):
@@ -52,7 +54,7 @@ class JPEG(InputTransform):
     def __init__(self, quality: int | tuple[int, int] = 75, *, seed: int = 0, bpda: bool = True) -> None:
         super().__init__(bpda)
         low, high = (quality, quality) if isinstance(quality, int) else quality
-        if not 1 <= low <= high <= 95:
+        if not PARAM_RANGES["jpeg"][0] <= low <= high <= PARAM_RANGES["jpeg"][1]:
             raise ValueError(f"JPEG quality must be in 1..95 (low <= high), got {quality}")
         self.quality = (int(low), int(high))
         self.gen = torch.Generator().manual_seed(seed)
@@ -78,7 +80,7 @@ class BitDepth(InputTransform):
 
     def __init__(self, bits: int = 4, *, bpda: bool = True) -> None:
         super().__init__(bpda)
-        if not 1 <= bits <= 16:
+        if not PARAM_RANGES["bits"][0] <= bits <= PARAM_RANGES["bits"][1]:
             raise ValueError(f"bits must be in 1..16, got {bits}")
         self.bits = int(bits)
 
@@ -91,20 +93,27 @@ class BitDepth(InputTransform):
 
 
 class MedianFilter(InputTransform):
-    """Per-channel median over a kernel x kernel window, borders reflected; kernel 1 is the identity."""
+    """Per-channel median over a kernel x kernel window, borders reflected; kernel 1 is the identity.
+
+    The windows take kernel**2 times an image's memory, so the kernel is at most MAX_MEDIAN_KERNEL and
+    a batch is filtered one image at a time."""
 
     def __init__(self, kernel: int = 3, *, bpda: bool = True) -> None:
         super().__init__(bpda)
-        if kernel < 1 or kernel % 2 == 0:
-            raise ValueError(f"median kernel must be an odd size >= 1, got {kernel}")
+        if not 1 <= kernel <= MAX_MEDIAN_KERNEL or kernel % 2 == 0:
+            raise ValueError(f"median kernel must be an odd size in 1..{MAX_MEDIAN_KERNEL}, got {kernel}")
         self.kernel = int(kernel)
 
     def transform(self, x: Tensor) -> Tensor:
         k = self.kernel
         if k == 1:
             return x.clone()
+        return torch.cat([self._median(image, k) for image in x.split(1)])
+
+    @staticmethod
+    def _median(x: Tensor, k: int) -> Tensor:
         padded = nn.functional.pad(x, (k // 2,) * 4, mode="reflect")
-        windows = padded.unfold(2, k, 1).unfold(3, k, 1)  # (N, C, H, W, k, k)
+        windows = padded.unfold(2, k, 1).unfold(3, k, 1)  # (1, C, H, W, k, k), copied by flatten
         return windows.flatten(-2).median(dim=-1).values
 
     def extra_repr(self) -> str:
@@ -164,6 +173,6 @@ def make_transform(name: str, param: float | None = None) -> InputTransform:
     if name not in TRANSFORMS:
         raise ValueError(f"unknown input transform {name!r}; valid: {', '.join(TRANSFORMS)}")
     value = DEFENSES[name][1] if param is None else param
-    if value != int(value):
+    if not math.isfinite(value) or value != int(value):
         raise ValueError(f"{name}: {DEFENSES[name][0]} must be a whole number, got {value}")
     return TRANSFORMS[name](int(value))
