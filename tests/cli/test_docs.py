@@ -10,7 +10,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 from birdshield.cli import build_parser
 
@@ -90,3 +90,15 @@ def test_every_quoted_birdshield_command_parses(page: Path) -> None:
         except SystemExit:
             rejected.append(shlex.join(["birdshield", *argv]))
     assert not rejected, f"{page.name}: the parser rejects {rejected}"
+
+
+def test_every_test_the_pages_name_exists() -> None:
+    """docs/guarantees.md names the test behind each promise: a renamed or deleted test must not leave a
+    promise pointing at nothing."""
+    defined = set()
+    for path in (REPO / "tests").rglob("test_*.py"):
+        defined |= set(re.findall(r"^def (test_\w+)", path.read_text(), re.M))
+    named = {name for page in PAGES for name in re.findall(r"`(test_[a-z0-9_]+)\*?`", page.read_text())}
+    assert named, "the pages name no test: the check checks nothing"
+    missing = {n for n in named if not any(d.startswith(n) for d in defined)}
+    assert not missing, f"tests named in the docs but defined nowhere: {sorted(missing)}"

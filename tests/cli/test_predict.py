@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BIRDS_MINI, TINY_CLASSES, needs_birds_mini, textured_image
+from helpers import BIRDS_MINI, TINY_CLASSES, needs_birds_mini, textured_image
 from PIL import Image
 
 from birdshield.cli import main

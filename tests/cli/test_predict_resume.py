@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import kill_cli_when, textured_image
+from helpers import kill_cli_when, textured_image
 
 from birdshield import prediction_csv
 from birdshield.cli import main

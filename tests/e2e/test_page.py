@@ -19,7 +19,7 @@ from typing import NamedTuple
 from urllib.parse import urlparse
 
 import pytest
-from conftest import BIRDS_MINI, REPO, TINY_CLASSES
+from helpers import BIRDS_MINI, REPO, TINY_CLASSES
 
 CHROMIUM = shutil.which("chromium") or next(
     (p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).is_file()), None

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import httpx
 import pytest
 import torch
-from conftest import REPO, TINY_CLASSES, textured_image
+from helpers import REPO, TINY_CLASSES, textured_image
 from torch import Tensor, nn
 
 from birdshield import models

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 
 def test_pgd_benchmark_runs_both_sides(tiny_run: Path, tiny_data: Path):

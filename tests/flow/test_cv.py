@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import TINY
+from helpers import TINY
 
 from birdshield import data
 from birdshield.cli import main

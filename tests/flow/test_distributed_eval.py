@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 from birdshield.cli import main
 from birdshield.data import discover, samples_for_model

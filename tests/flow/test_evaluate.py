@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import kill_cli_when
+from helpers import kill_cli_when
 from PIL import Image
 from torch import Tensor, nn
 

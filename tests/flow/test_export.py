@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BIRDS_MINI, TINY_CLASSES, textured_image
+from helpers import BIRDS_MINI, TINY_CLASSES, textured_image
 
 import birdshield
 from birdshield import data

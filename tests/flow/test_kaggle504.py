@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import SHARED
+from helpers import SHARED
 
 from birdshield.cli import main
 

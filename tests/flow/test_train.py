@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, TINY_CLASSES, textured_image
+from helpers import TINY, TINY_CLASSES, textured_image
 
 import birdshield
 import birdshield.models
@@ -270,3 +270,16 @@ def test_training_seed_does_not_move_the_test_split_of_a_folder_tree(tmp_path: P
     for seed in (0, 3):
         trained = _discover(TrainConfig(str(tmp_path / "birds"), "out", seed=seed)).splits
         assert not evaluated & {s.path for s in trained["train"] + trained["valid"]}, seed
+
+
+def test_training_on_the_cache_equals_training_that_decodes(tiny_data: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("BIRDSHIELD_CACHE", str(tmp_path / "cache"))
+    args = [*TINY, "--epochs", "1", "--depth", "full", "--probe-epochs", "0", "--batch-size", "8"]
+    for mode in ("on", "off"):
+        assert (
+            main(["train", str(tiny_data), "--out", str(tmp_path / mode), *args, "--decode-cache", mode]) == 0
+        )
+    assert (tmp_path / "cache" / "decoded").is_dir()
+    on, off = (birdshield.load(tmp_path / mode, device="cpu") for mode in ("on", "off"))
+    for (name, a), b in zip(on.state_dict().items(), off.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, textured_image
+from helpers import REPO, textured_image
 
 # Measured per command 1.15-1.39 GB (about 0.5 GB of it torch's and onnxruntime's mapped libraries; shown
 # with -s). A bomb decoded whole would take > 4 GB; the 100 MP RGBA decoded at full size takes 400 MB.

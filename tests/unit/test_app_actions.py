@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CLASSES, textured_image
+from helpers import TINY_CLASSES, textured_image, tiny_model
 from PIL import Image
 from scipy.stats import norm
 from torch import nn
 
-from birdshield import data, models
+from birdshield import data
 from birdshield.app import actions, host_warning, reports
 from birdshield.app.jobs import Cancelled, JobGuard
 from birdshield.defenses import make_defense
@@ -21,16 +21,13 @@ from birdshield.defenses import make_defense
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _tiny(image_size: int, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    model = models.create_model(TINY_CLASSES, arch="test_efficientnet", weights=None, image_size=image_size)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def served() -> list[actions.Served]:
     """Two random tiny models of different input sizes (so the adversarial image is resized for one)."""
-    return [actions.calibrated(actions.Served("a", _tiny(32, 0))), actions.Served("b", _tiny(40, 1))]
+    return [
+        actions.calibrated(actions.Served("a", tiny_model(image_size=32, seed=0))),
+        actions.Served("b", tiny_model(image_size=40, seed=1)),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +186,7 @@ def test_time_estimates_follow_the_measured_forward_time(monkeypatch):
 
 
 def test_stop_cancels_only_the_owners_running_job(photo):
-    model, guard = _tiny(32, 2), JobGuard()
+    model, guard = tiny_model(image_size=32, seed=2), JobGuard()
     guard.watch(model)
     x = torch.rand(1, 3, 32, 32)
     assert not guard.stop("visitor")  # nothing runs

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_CLASSES
+from helpers import TINY_CLASSES
 
 from birdshield.models import create_model
 from birdshield.training.average import WeightAverage

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import BIRDS_MINI
+from helpers import BIRDS_MINI
 from PIL import Image, ImageEnhance
 
 from birdshield import data

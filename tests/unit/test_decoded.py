@@ -9,11 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
 
-import birdshield
 from birdshield import data
-from birdshield.cli import main
 from birdshield.data import decoded
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -74,16 +71,3 @@ def test_a_cache_killed_mid_fill_resumes_at_the_chunk_in_flight(samples, tmp_pat
     images = data.DecodedImages(samples, 24, tmp_path / "cache", workers=1)
     assert calls == [s.path for s in samples[2:]]  # the first chunk was final; the rest decoded once
     assert all(torch.equal(images[i][0], real(s.path, 24)) for i, s in enumerate(samples[:-1]))
-
-
-def test_training_on_the_cache_equals_training_that_decodes(tiny_data: Path, tmp_path: Path, monkeypatch):
-    monkeypatch.setenv("BIRDSHIELD_CACHE", str(tmp_path / "cache"))
-    args = [*TINY, "--epochs", "1", "--depth", "full", "--probe-epochs", "0", "--batch-size", "8"]
-    for mode in ("on", "off"):
-        assert (
-            main(["train", str(tiny_data), "--out", str(tmp_path / mode), *args, "--decode-cache", mode]) == 0
-        )
-    assert (tmp_path / "cache" / "decoded").is_dir()
-    on, off = (birdshield.load(tmp_path / mode, device="cpu") for mode in ("on", "off"))
-    for (name, a), b in zip(on.state_dict().items(), off.state_dict().values(), strict=True):
-        assert torch.equal(a, b), name

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from conftest import BIRDS_MINI, needs_birds_mini
+from helpers import BIRDS_MINI, needs_birds_mini, tiny_model
 
 from birdshield import data, models
 
@@ -52,7 +52,7 @@ def test_zero_shot_imagenet_birds_on_real_photos(arch):
 
 
 def _tiny(tmp_path):
-    model = models.create_model(["x", "y", "z"], arch="test_efficientnet", weights=None, image_size=32)
+    model = tiny_model(["x", "y", "z"])
     models.save_checkpoint(model, tmp_path, {"metrics": {"valid_accuracy": 0.5}})
     return model
 

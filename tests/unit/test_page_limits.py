@@ -4,19 +4,11 @@ killed server does not leave behind."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
-
 import gradio as gr
 import pytest
 import torch
-from conftest import REPO, TINY_CLASSES, textured_image
-from torch import nn
+from helpers import TINY_CLASSES, files_under, textured_image, tiny_model
 
-from birdshield import models
 from birdshield.app import actions, scratch
 from birdshield.app.jobs import Cancelled, JobGuard, TimedOut
 from birdshield.app.page import Page, Settings
@@ -34,14 +26,8 @@ class _Clock:
         return self.now
 
 
-def _tiny(image_size: int = 32) -> nn.Module:
-    torch.manual_seed(0)
-    model = models.create_model(TINY_CLASSES, arch="test_efficientnet", weights=None, image_size=image_size)
-    return model.eval()
-
-
 def test_a_job_past_its_time_limit_stops_at_its_next_forward_pass_and_the_next_job_starts_afresh():
-    model, clock = _tiny(), _Clock()
+    model, clock = tiny_model(), _Clock()
     guard = JobGuard(timeout_s=10, clock=clock)
     guard.watch(model)
     x = torch.rand(1, 3, 32, 32)
@@ -67,7 +53,7 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Page:
     for i, name in enumerate(TINY_CLASSES):
         (root / "test" / name).mkdir(parents=True)
         textured_image(i, size=(40, 30)).save(root / "test" / name / "1.png")
-    return Page([actions.Served("tiny", _tiny())], Settings(data_dir=root))
+    return Page([actions.Served("tiny", tiny_model())], Settings(data_dir=root))
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +130,7 @@ def test_values_inside_the_controls_still_run(page: Page, photo: str):
 
 
 def test_the_smoothing_estimate_warns_when_it_is_over_the_time_limit():
-    model = _tiny()
+    model = tiny_model()
     quick = Page([actions.Served("m", model, seconds_per_image=0.001)], Settings(job_timeout_s=300))
     slow = Page([actions.Served("m", model, seconds_per_image=0.1)], Settings(job_timeout_s=300))
     assert "limit" not in quick.estimate(1000)
@@ -154,77 +140,9 @@ def test_the_smoothing_estimate_warns_when_it_is_over_the_time_limit():
 # ------------------------------------------------------------------------------------------- scratch
 
 
-def _files(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if p.is_file()]
-
-
-def test_the_scratch_folder_keeps_only_the_newest_files_by_count_and_by_bytes(tmp_path: Path):
-    box = scratch.Scratch(tmp_path, max_files=3, max_bytes=10_000)
-    paths = [box.add("same name.png", bytes([i]) * 100) for i in range(5)]
-    assert sorted(_files(box.root)) == paths[2:]  # equal names do not collide; the oldest went first
-    assert paths[-1].read_bytes() == bytes([4]) * 100
-    big = box.add("big.png", b"x" * 9_950)  # the bytes bound: 9,950 + 100 > 10,000
-    assert sorted(_files(box.root)) == [big]
-    huge = box.add("huge.png", b"y" * 20_000)  # over the bound alone: the newest file is still kept
-    assert _files(box.root) == [huge]
-    with pytest.raises(ValueError, match="plain file name"):
-        box.add("../outside.png", b"")
-    box.remove()
-    assert not box.root.exists()
-
-
 def test_picking_many_photos_and_attacking_keeps_the_pages_scratch_folder_bounded(page: Page, photo: str):
     for i in range(scratch.MAX_FILES + 8):
         page.pick_photo(page.photos[i % len(page.photos)])
     page.attack(photo, **ATTACK, attacked="tiny", early_stop=False, request=None)
     root = getattr(page.scratch, "root", page.scratch)
-    assert len(_files(root)) == scratch.MAX_FILES
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def test_a_killed_servers_scratch_folder_is_removed_by_the_next_start(tmp_path: Path):
-    make = "from birdshield.app.scratch import Scratch; import sys, time; "
-    make += "s = Scratch(sys.argv[1]); s.add('a.png', b'x'); print(s.root, flush=True); time.sleep(600)"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
-    server = subprocess.Popen(
-        [sys.executable, "-c", make, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env
-    )
-    try:
-        left = Path(server.stdout.readline().strip())
-        assert left.parent == tmp_path and _files(left)
-        scratch.Scratch(tmp_path).remove()  # another server starts while the first still runs: kept
-        assert left.is_dir()
-    finally:
-        server.send_signal(signal.SIGKILL)  # no atexit runs
-        server.wait(timeout=30)
-        server.stdout.close()
-    assert left.is_dir()
-    box = scratch.Scratch(tmp_path)
-    assert not left.exists() and box.root.is_dir()
-    box.remove()
-
-
-def test_cleaning_up_spares_running_processes_links_and_other_folders(tmp_path: Path):
-    ended = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-    )
-    dead = int(ended.stdout)
-    assert not _alive(dead)
-    stale = tmp_path / f"{scratch.PREFIX}{dead}-abc123"
-    running = tmp_path / f"{scratch.PREFIX}{os.getppid()}-abc123"
-    other = tmp_path / f"{scratch.PREFIX}notes"
-    target = tmp_path / "keep"
-    link = tmp_path / f"{scratch.PREFIX}{dead}-link"
-    for folder in (stale, running, other, target):
-        folder.mkdir()
-        (folder / "f.png").write_bytes(b"x")
-    link.symlink_to(target)
-    assert scratch.remove_stale(tmp_path) == [stale]
-    assert not stale.exists() and _files(running) and _files(other) and _files(target) and link.is_symlink()
+    assert len(files_under(root)) == scratch.MAX_FILES
