@@ -59,7 +59,7 @@ def test_from_preset_sets_the_recipe_and_explicit_options_win():
 def test_public_presets_are_the_ones_a_user_chooses_from():
     assert sorted(PRESETS) == ["original", "robust-cpu", "robust-gpu", "smoothing", "smoothing-0.5"]
     half = TrainConfig.from_preset("smoothing-0.5", "d", "o")
-    assert half.augment.noise_sigma == 0.5 and half.consistency > 0
+    assert half.augment.noise_sigma == 0.5 and half.consistency == 0  # the recipe measured on validation
 
 
 def test_preset_defaults_are_the_flat_options_the_preset_gives():
