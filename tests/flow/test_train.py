@@ -237,6 +237,27 @@ def test_resume_with_another_model_is_a_clear_error(tiny_run: Path, tiny_data: P
     assert "cannot resume" in capsys.readouterr().err
 
 
+def test_resume_with_other_options_or_other_images_is_refused(
+    tiny_run: Path, tiny_data: Path, tmp_path: Path, capsys
+):
+    """Same model, so the checkpoint would load: the fingerprint is what tells the runs apart."""
+    import shutil
+
+    run, changed = tmp_path / "run", tmp_path / "data"
+    shutil.copytree(tiny_run, run)
+    shutil.copytree(tiny_data, changed)
+    same = ["--out", str(run), *TINY, "--epochs", "6", "--batch-size", "8", "--depth", "full", "--lr", "0.01",
+            "--backbone-lr", "0.01", "--probe-epochs", "0", "--resume"]  # fmt: skip
+    photo = next((changed / "train").rglob("*.jpg"))
+    textured_image(999).save(photo)  # other pixels under the same name
+
+    assert main(["train", str(tiny_data), *same, "--lr", "0.02"]) == 2
+    assert main(["train", str(changed), *same]) == 2
+    errors = capsys.readouterr().err
+    assert errors.count("other options or other images") == 2
+    assert main(["train", str(tiny_data), *same]) == 0  # the run's own options and images still resume
+
+
 def test_fast_cpu_path_trains_the_cached_probe_and_a_rerun_reuses_its_features(
     tiny_data: Path, tmp_path: Path, capsys
 ):
