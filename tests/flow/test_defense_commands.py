@@ -16,6 +16,8 @@ from helpers import TINY_CLASSES, kill_cli_when
 
 import birdshield
 from birdshield.cli import main
+from birdshield.reporting.compare import compare_table, load_reports
+from birdshield.reporting.markdown import pct_ci
 
 
 def test_certify_cli_lists_every_image(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
@@ -125,6 +127,24 @@ def test_certify_runtimes_draw_the_same_noise(tiny_run: Path, tiny_data: Path, t
     torch_model, onnx_model = (birdshield.load(tiny_run, runtime=r, device="cpu") for r in ("torch", "onnx"))
     assert model_fingerprint(torch_model) != model_fingerprint(onnx_model)
     assert model_fingerprint(onnx_model) == model_fingerprint(birdshield.load(tiny_run, runtime="onnx"))
+
+
+def test_certify_with_min_radius_reports_and_compares_from_that_radius_on(
+    tiny_run: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    """A --min-radius run has no curve below its radius: its report and `compare` say so, and do not fail."""
+    out = tmp_path / "early"
+    argv = ["certify", str(tiny_run), str(tiny_data), "--sigma", "0.12", "--selection-samples", "8"]
+    argv += ["--samples", "40", "--alpha", "0.01", "--n-images", "3", "--min-radius", "0.25"]
+    assert main([*argv, "--out", str(out)]) == 0
+    result = json.loads((out / "certify.json").read_text())
+    assert min(row["radius"] for row in result["certified_accuracy"]) == 0.25
+    rows = {line.split(" | ")[0]: line for line in (out / "certify.md").read_text().splitlines()}
+    assert "not measured" in rows["| 0.000"] and "not measured" not in rows["| 0.250"]
+    assert (out / "certified_accuracy.png").stat().st_size > 0
+    first = result["certified_accuracy"][0]
+    [row] = compare_table([load_reports(out)], radii=(0.0, 0.25))[2:]
+    assert row.endswith(f"| – | {pct_ci(first['accuracy'], result['n_images'], first['ci95'])} |")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])

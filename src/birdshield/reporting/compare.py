@@ -128,10 +128,12 @@ def compare_table(reports: list[Reports], radii: tuple[float, ...] = (0.25, 0.5)
 
 
 def _certified(result: dict[str, Any] | None, radius: float) -> str:
-    """Certified accuracy at `radius`: the curve's value at the largest listed radius not above it."""
-    if result is None:
+    """Certified accuracy at `radius`: the curve's value at the largest listed radius not above it ("–" below
+    a --min-radius run's curve, which starts at its radius)."""
+    curve = [] if result is None else result["certified_accuracy"]
+    at = [row for row in curve if row["radius"] <= radius + 1e-12]
+    if not at:
         return "–"
-    at = [row for row in result["certified_accuracy"] if row["radius"] <= radius + 1e-12]
     row = max(at, key=lambda row: row["radius"])
     return pct_ci(row["accuracy"], result["n_images"], row.get("ci95"))
 

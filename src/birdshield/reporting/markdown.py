@@ -203,5 +203,8 @@ def certify_table(result: dict[str, Any]) -> str:
         f"| L2 radius | certified accuracy ({CI_NOTE}) |",
         "|---:|---:|",
     ]
-    lines += [f"| {r:.3f} | {pct_ci(curve[r]['accuracy'], n, curve[r].get('ci95'))} |" for r in DEFAULT_RADII]
+    for r in DEFAULT_RADII:  # a --min-radius run has no curve below its radius
+        row = curve.get(r)
+        cell = pct_ci(row["accuracy"], n, row.get("ci95")) if row else "not measured (--min-radius)"
+        lines.append(f"| {r:.3f} | {cell} |")
     return "\n".join(lines) + "\n"
