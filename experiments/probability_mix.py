@@ -16,7 +16,7 @@ its parts'. w = 0 is the robust model alone through the same path.
 
 Each weight is measured with `birdshield evaluate --quick`'s ensemble (FGSM, PGD-10, APGD-CE-20,
 Square-200) at --eps, no corruptions, into OUT/w<weight>/ (resumable: run again to go on), then
-`birdshield compare` over them into OUT. The default split is valid: these are selection numbers; measure
+compared side by side in OUT/compare.md. The default split is valid: these are selection numbers; measure
 the test split once, for the weight chosen here.
 """
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import subprocess
 import sys
 
 import torch.nn.functional as F
@@ -35,6 +34,7 @@ from birdshield.attacks.eps import parse_eps
 from birdshield.cli.evaluate import evaluate_and_print
 from birdshield.cli.options import split_list
 from birdshield.evaluation.config import PRESETS
+from birdshield.reporting.compare import load_reports, write_comparison
 from birdshield.runtime import set_threads, tune_cpu_allocator
 
 
@@ -90,21 +90,14 @@ def main() -> None:
         noise_std=(),
         n=args.n_images,
     )
-    folders = []
+    reports = []
     for w in map(float, split_list(args.weights)):
         print(f"\n== weight {w} of the standard model ==", flush=True)
-        folders.append(f"{args.out}/w{w:g}")
-        evaluate_and_print(
-            ProbabilityMix(*torch_models, w),
-            args.data,
-            args.split,
-            cfg,
-            folders[-1],
-            resume=True,
-            forward_model=ProbabilityMix(*twins, w),
-        )
-    names = ",".join(f"w={f.rsplit('/w', 1)[1]}" for f in folders)
-    subprocess.run(["birdshield", "compare", "--out", args.out, "--names", names, *folders], check=True)
+        folder = f"{args.out}/w{w:g}"
+        mix, twin = ProbabilityMix(*torch_models, w), ProbabilityMix(*twins, w)
+        evaluate_and_print(mix, args.data, args.split, cfg, folder, resume=True, forward_model=twin)
+        reports.append(load_reports(folder, f"w={w:g}"))
+    print(f"-> {write_comparison(reports, args.out)}")
 
 
 if __name__ == "__main__":
