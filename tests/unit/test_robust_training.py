@@ -20,7 +20,13 @@ from birdshield.training.config import (
     config_from_options,
     preset_defaults,
 )
-from birdshield.training.robust import Teacher, adversarial_loss, catastrophic_overfitting
+from birdshield.training.robust import (
+    CONSISTENCY_ENTROPY,
+    Teacher,
+    adversarial_loss,
+    catastrophic_overfitting,
+    consistency_loss,
+)
 from birdshield.training.state import TrainState
 from birdshield.training.validation import keep_if_best
 
@@ -59,7 +65,7 @@ def test_from_preset_sets_the_recipe_and_explicit_options_win():
 def test_public_presets_are_the_ones_a_user_chooses_from():
     assert sorted(PRESETS) == ["original", "robust-cpu", "robust-gpu", "smoothing", "smoothing-0.5"]
     half = TrainConfig.from_preset("smoothing-0.5", "d", "o")
-    assert half.augment.noise_sigma == 0.5 and half.consistency == 0  # the recipe measured on validation
+    assert half.augment.noise_sigma == 0.5 and half.consistency == 10  # the recipe chosen on validation
 
 
 def test_preset_defaults_are_the_flat_options_the_preset_gives():
@@ -155,3 +161,35 @@ def test_the_teacher_sees_the_students_images_at_its_own_size():
     resized = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
     assert torch.allclose(teacher(x), model(resized), atol=1e-6)
     assert torch.equal(teacher(resized), model(resized)) and not teacher(x).requires_grad
+
+
+def test_consistency_loss_adds_disagreement_under_noise_and_nothing_where_copies_agree():
+    """Jeong & Shin's loss is cross-entropy + L * KL(mean || copy) + eta * H(mean): the KL term is never
+    negative, grows with L where the noisy copies disagree, and vanishes for a model blind to the noise."""
+    torch.manual_seed(0)
+    model = create_model(["a", "b", "c"], arch="test_efficientnet", weights=None, image_size=32).eval()
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 1])
+
+    def loss_of(net: torch.nn.Module, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = TrainConfig.from_preset("smoothing-0.5", "d", "o", consistency=weight)
+        return consistency_loss(net, x, y, cfg, torch.Generator().manual_seed(1))
+
+    (plain, logits), (regularised, _) = loss_of(model, 1.0), loss_of(model, 10.0)
+    assert logits.shape == (4, 3)
+    assert regularised.item() > plain.item() > 0  # the same noise: only the KL term's weight differs
+
+    class Blind(torch.nn.Module):  # the same logits whatever the noise: the copies agree exactly
+        def __init__(self) -> None:
+            super().__init__()
+            self.bias = torch.nn.Parameter(torch.tensor([0.5, -0.2, 0.1]))
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return self.bias.expand(len(images), 3)
+
+    blind = Blind()
+    loss, _ = loss_of(blind, 10.0)
+    p = blind.bias.softmax(0)
+    smoothing = TrainConfig.from_preset("smoothing-0.5", "d", "o").label_smoothing
+    ce = F.cross_entropy(blind.bias.expand(4, 3), y, label_smoothing=smoothing)
+    expected = ce + CONSISTENCY_ENTROPY * -(p * p.log()).sum()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)

@@ -109,7 +109,7 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="L",
         help="with --noise-sigma: consistency regularisation of weight L (Jeong & Shin 2020; 5-20 is usual): "
         "two noisy copies per image must agree, which raises the smoothed model's certified radii; twice the "
-        "training cost",
+        "training time and memory per step (halve --batch-size if memory runs short)",
     )
     g = p.add_argument_group(
         "augmentation (the original project's recipe: --noise-max 0.1 --rotate 20 --shift 0.1 --shear 10 "
