@@ -174,9 +174,9 @@ def test_consistency_loss_adds_disagreement_under_noise_and_nothing_where_copies
         cfg = TrainConfig.from_preset("smoothing-0.5", "d", "o", consistency=weight)
         return consistency_loss(net, x, y, cfg, torch.Generator().manual_seed(1))
 
-    (plain, logits), (regularised, _) = loss_of(model, 1.0), loss_of(model, 10.0)
+    (light, logits), (heavy, _) = loss_of(model, 1.0), loss_of(model, 10.0)
     assert logits.shape == (4, 3)
-    assert regularised.item() > plain.item() > 0  # the same noise: only the KL term's weight differs
+    assert heavy.item() > light.item() > 0  # the same noise: only the KL term's weight differs
 
     class Blind(torch.nn.Module):  # the same logits whatever the noise: the copies agree exactly
         def __init__(self) -> None:
