@@ -13,6 +13,7 @@ import pytest
 from helpers import REPO
 
 from birdshield.cli import build_parser
+from birdshield.cli.options import process_options
 
 PAGES = sorted([REPO / "README.md", REPO / "experiments" / "README.md", *(REPO / "docs").glob("*.md")])
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
@@ -67,19 +68,11 @@ def _options(words: list[str]) -> set[str] | None:
     return None if found is None else {s for a in parser._actions for s in a.option_strings}
 
 
-def _without_global_options(words: list[str]) -> list[str]:
-    """The words after `birdshield`'s own options (`--threads 2`, `--debug`): the subcommand onwards."""
-    takes_value = {s: a.nargs != 0 for a in build_parser()._actions for s in a.option_strings}
-    while words and (flag := words[0].split("=")[0]) in takes_value:
-        words = words[2 if takes_value[flag] and "=" not in words[0] else 1 :]
-    return words
-
-
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(REPO).as_posix())
 def test_every_command_mentioned_inline_exists_with_its_options(page: Path) -> None:
     unknown = []
     for mention in INLINE_COMMAND.findall(page.read_text()):
-        words = _without_global_options(mention.split()[1:])
+        words = process_options().parse_known_args(mention.split()[1:])[1]  # less --threads, --debug
         options = _options(words)
         flags = {w.split("=")[0] for w in words[1:] if w.startswith("--")}
         if options is None or flags - options:
