@@ -1,6 +1,7 @@
-"""The README and the user guide stay true: every relative link points at a file, every `birdshield`
-command in their shell blocks is accepted by the parser as written, and every command they mention inline
-(`birdshield train DATA --cv K`, placeholders and all) names a real command and real options of it."""
+"""The README and the user guide stay true: every relative link points at a file (and a heading of it),
+every `birdshield` command in their shell blocks is accepted by the parser as written, and every command
+they mention inline (`birdshield train DATA --cv K`, placeholders and all) names a real command and real
+options of it."""
 
 from __future__ import annotations
 
@@ -46,12 +47,21 @@ def test_the_pages_quote_commands_and_links() -> None:
     assert len(readme.splitlines()) <= 150
 
 
+def _anchors(page: Path) -> set[str]:
+    """The ids GitHub gives the page's headings: lower case, punctuation dropped, spaces as hyphens."""
+    headings = re.findall(r"^#+ (.+)$", page.read_text(), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(REPO).as_posix())
-def test_every_relative_link_points_at_a_file(page: Path) -> None:
+def test_every_relative_link_points_at_a_file_and_heading(page: Path) -> None:
     broken = []
     for target in LINK.findall(page.read_text()):
-        path = target.split("#")[0]
-        if path and not re.match(r"[a-z]+:", path) and not (page.parent / path).exists():
+        path, _, heading = target.partition("#")
+        if re.match(r"[a-z]+:", path):
+            continue
+        file = page.parent / path if path else page
+        if not file.exists() or (heading and file.suffix == ".md" and heading not in _anchors(file)):
             broken.append(target)
     assert not broken, f"{page.name}: broken links {broken}"
 
