@@ -6,6 +6,7 @@ options of it."""
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import shlex
 from pathlib import Path
@@ -47,6 +48,7 @@ def test_the_pages_quote_commands_and_links() -> None:
     assert len(readme.splitlines()) <= 150
 
 
+@functools.cache  # one parse per page, not one per link into it
 def _anchors(page: Path) -> set[str]:
     """The ids GitHub gives the page's headings: lower case, punctuation dropped, spaces as hyphens."""
     headings = re.findall(r"^#+ (.+)$", page.read_text(), re.M)
