@@ -24,7 +24,7 @@ from ..reporting.tables import csv_text
 from ..runtime import atomic_write_bytes, progress, tune_cpu_allocator
 from ..stats import ci95_of
 from .augment import augment
-from .batches import autocast, make_loader, to_device
+from .batches import autocast, to_device
 from .config import TrainConfig, auto_teacher_config
 from .optim import lr_factor, set_lr
 from .prepare import Run, prepare
@@ -64,7 +64,7 @@ def fit(run: Run) -> dict:
             break
         t0 = time.time()
         trained = train_one_epoch(run, epoch)
-        valid = validate(run.kept, run.valid_ds, cfg, run.device, run.d)
+        valid = validate(run.kept, run.valid_loader, cfg, run.device, run.d)
         row = _history_row(epoch, run.opt, trained, valid) | _overfitting_check(run)
         row["seconds"] = round(time.time() - t0, 2)
         state.history.append(row)
@@ -100,9 +100,8 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
     # With the consistency loss the smoothing noise is drawn there, twice per image
     views = replace(cfg.augment, noise_sigma=0.0) if cfg.consistency else cfg.augment
     loss_sum = correct = n = 0.0
-    for i, batch in enumerate(
-        progress(make_loader(run.train_ds, cfg, d, True, epoch), desc=f"epoch {epoch}")
-    ):
+    run.train_loader.sampler.set_epoch(epoch)
+    for i, batch in enumerate(progress(run.train_loader, desc=f"epoch {epoch}")):
         if batch is None and d.world == 1:
             continue
         step = (epoch - 1) * steps_per_epoch + i

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from timm.models import group_parameters
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from .. import data
 from ..distributed import Dist
@@ -53,6 +54,8 @@ class Run:
     teacher: Teacher | None
     train_ds: data.ImageDataset | data.DecodedImages
     valid_ds: data.ImageDataset | data.DecodedImages
+    train_loader: DataLoader  # made once: its workers live for the whole run
+    valid_loader: DataLoader
     meta: dict[str, Any]  # birdshield.json beside the model (metrics are added per checkpoint)
     fingerprint: str  # of the options and images: a resume must match it
     state: TrainState
@@ -78,6 +81,7 @@ def prepare(
         f"{len(train_ds)} train / {len(valid_ds)} valid images at {model.image_size}px; "
         f"{cfg.arch}, depth {cfg.depth}, on {device} x{d.world}"
     )
+    train_loader, valid_loader = make_loader(train_ds, cfg, d, True), make_loader(valid_ds, cfg, d, False)
     _place(model, cfg, device)
     meta = _checkpoint_meta(cfg, dataset)
     fingerprint = run_fingerprint(cfg, dataset)
@@ -95,7 +99,7 @@ def prepare(
     state = TrainState()
     if cached_probe and not resuming:  # the probed head is epoch 0: fine-tuning must beat it to replace it
         probed = probe_on_cached_features(model, train_ds, valid_ds, cfg, device, log, d, cfg.augment.hflip)
-        valid = validate(model, valid_ds, cfg, device, d) if cfg.adv.select == "robust" else probed
+        valid = validate(model, valid_loader, cfg, device, d) if cfg.adv.select == "robust" else probed
         keep_if_best(state, valid, 0, model, Path(cfg.out), meta, d.main)
     epochs = 0 if cfg.depth == "probe" and cached_probe else cfg.epochs
     # A probed head is already good: fine-tune it at the backbone's gentle rate, or it drags the features.
@@ -105,6 +109,7 @@ def prepare(
     if resuming:
         state = _resume(resume_path, model, opt, average, fingerprint)
         log(f"resumed from {resume_path} after epoch {state.epoch}")
+    teacher = _load_teacher(cfg, dataset.class_names, valid_loader, device, d, log) if cfg.teacher else None
     return Run(
         cfg=cfg,
         d=d,
@@ -115,9 +120,11 @@ def prepare(
         kept=average.model if average else model,
         opt=opt,
         average=average,
-        teacher=_load_teacher(cfg, dataset.class_names, valid_ds, device, d, log) if cfg.teacher else None,
+        teacher=teacher,
         train_ds=train_ds,
         valid_ds=valid_ds,
+        train_loader=train_loader,
+        valid_loader=valid_loader,
         meta=meta,
         fingerprint=fingerprint,
         state=state,
@@ -263,7 +270,7 @@ def _resume(
 def _load_teacher(
     cfg: TrainConfig,
     class_names: list[str],
-    valid_ds: data.ImageDataset,
+    valid_loader: DataLoader,
     device: torch.device,
     d: Dist,
     log: Callable[[str], None],
@@ -277,7 +284,7 @@ def _load_teacher(
             f"this data set has {len(class_names)}); distil from a run trained on the same data set"
         )
     teacher = Teacher(model)
-    valid = evaluate_loader(teacher, make_loader(valid_ds, cfg, d, False), device, cfg, d)
+    valid = evaluate_loader(teacher, valid_loader, device, cfg, d)
     log(f"teacher {cfg.teacher}: {valid['accuracy']:.1%} on the validation split")
     return teacher
 

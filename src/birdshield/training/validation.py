@@ -11,11 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .. import data
 from ..distributed import Dist, all_reduce
 from ..models import Classifier, save_checkpoint
 from ..runtime import progress
-from .batches import autocast, make_loader, to_device
+from .batches import autocast, to_device
 from .config import TrainConfig
 from .robust import robust_accuracy
 from .state import TrainState
@@ -67,13 +66,10 @@ def _robust_valid(
     return correct / max(n, 1)
 
 
-def validate(
-    model: Classifier, valid_ds: data.ImageDataset, cfg: TrainConfig, device: torch.device, d: Dist
-) -> dict:
+def validate(model: Classifier, loader: DataLoader, cfg: TrainConfig, device: torch.device, d: Dist) -> dict:
     """Loss and accuracy on the validation split (under the smoothing noise when training with
     --noise-sigma: what the smoothed classifier votes with), and PGD accuracy at the training eps for
     --select robust."""
-    loader = make_loader(valid_ds, cfg, d, False)
     valid = evaluate_loader(model, loader, device, cfg, d, cfg.augment.noise_sigma)
     if cfg.adv.select == "robust":
         valid["robust_accuracy"] = _robust_valid(model, loader, device, cfg, d)
