@@ -49,9 +49,31 @@ def test_cross_validation_counts_every_held_out_image_once_and_resumes(tiny_data
         assert 0 <= fold["robust"][str(8 / 255)] <= fold["clean"] <= fold["n"]  # attacks only take away
     low, high = summary["pooled"]["clean"]["ci95"]
     assert low <= summary["pooled"]["clean"]["accuracy"] <= high
-    assert "all 2 of 2" in (out / "cv.md").read_text()
+    assert "all 2 of 2" in (out / "cv.md").read_text() and "teacher clean" not in (out / "cv.md").read_text()
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
     assert main(argv) == 0  # the same command again: nothing retrained, nothing re-measured
     assert {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")} == stamps
     assert json.loads((out / "cv.json").read_text()) == summary
     assert main([*argv[:-2], "--cv-eps", "4/255"]) == 2  # another recipe into the same folder is refused
+
+
+def test_the_automatic_teachers_clean_accuracy_is_measured_on_the_same_held_out_images(
+    tiny_data: Path, tmp_path: Path
+):
+    out = tmp_path / "cv"
+    argv = ["train", str(tiny_data), "--out", str(out), *TINY, "--epochs", "1", "--probe-epochs", "3"]
+    argv += ["--teacher", "auto", "--cv", "2"]
+    assert main(argv) == 0
+    summary = json.loads((out / "cv.json").read_text())
+    folds = summary["folds"].values()
+    assert all(0 <= f["teacher_clean"] <= f["n"] for f in folds)
+    assert summary["pooled"]["teacher_clean"]["correct"] == sum(f["teacher_clean"] for f in folds)
+    assert "teacher clean" in (out / "cv.md").read_text()
+    for fold in summary["folds"].values():  # as a summary written before teachers were measured
+        del fold["teacher_clean"]
+    (out / "cv.json").write_text(json.dumps(summary))
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
+    assert main(argv) == 0  # measured again on resume, nothing retrained, the same counts
+    again = json.loads((out / "cv.json").read_text())
+    assert again["pooled"]["teacher_clean"] == summary["pooled"]["teacher_clean"]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")} == stamps

@@ -112,9 +112,11 @@ def cross_validate(
         train(dataclasses.replace(cfg, out=str(run_dir), resume=True), dataset=split)
         digest, done = weights_digest(run_dir), summary["folds"].get(str(fold), {})
         if done.get("weights_sha256") != digest:  # measured once per trained model
-            summary["folds"][str(fold)] = _measure(run_dir, split, eps, cfg.device) | {
-                "weights_sha256": digest
-            }
+            done = _measure(run_dir, split, eps, cfg.device) | {"weights_sha256": digest}
+        teacher = run_dir / "teacher"  # --teacher auto's: trained on this fold's photos only
+        if "teacher_clean" not in done and (teacher / "birdshield.json").is_file():
+            done["teacher_clean"] = _clean_correct(teacher, split, cfg.device)
+        summary["folds"][str(fold)] = done
         _save(out, _pooled(summary))
     summary = _pooled(summary)
     log(cv_markdown(summary))
@@ -154,6 +156,18 @@ def _measure(run_dir: Path, split: data.Dataset, eps: Sequence[float], device: s
     }
 
 
+def _clean_correct(run_dir: Path, split: data.Dataset, device: str) -> int:
+    """How many of the held-out images (`split`'s test) the model in `run_dir` names right, unattacked."""
+    import birdshield
+    from birdshield.inference import predict_files
+
+    model = birdshield.load(run_dir, runtime="auto", device=device)
+    held = split.splits["test"]
+    rows = predict_files(model, [s.path for s in held])
+    names = split.class_names
+    return sum(bool(r["top"]) and r["top"][0][0] == names[s.label] for r, s in zip(rows, held, strict=True))
+
+
 def _recipe_key(cfg: TrainConfig, k: int, eps: Sequence[float]) -> str:
     recipe = {
         n: v for n, v in dataclasses.asdict(cfg).items() if n not in ("out", "resume", "device", "workers")
@@ -183,11 +197,14 @@ def _pooled(summary: dict[str, Any]) -> dict[str, Any]:
     folds = list(summary["folds"].values())
     n = sum(f["n"] for f in folds)
     pooled: dict[str, Any] = {"folds_done": sorted(map(int, summary["folds"])), "n": n}
-    counts = {"clean": sum(f["clean"] for f in folds)}
+    correct: dict[str, Callable[[dict[str, Any]], int]] = {"clean": lambda f: f["clean"]}
     for e in summary["eps"]:
-        counts[str(e)] = sum(f["robust"][str(e)] for f in folds)
-    for name, k in counts.items():
-        per_fold = [(f["clean"] if name == "clean" else f["robust"][name]) / f["n"] for f in folds]
+        correct[str(e)] = lambda f, e=str(e): f["robust"][e]
+    if folds and all("teacher_clean" in f for f in folds):
+        correct["teacher_clean"] = lambda f: f["teacher_clean"]
+    for name, count in correct.items():
+        k = sum(map(count, folds))
+        per_fold = [count(f) / f["n"] for f in folds]
         mean = sum(per_fold) / len(per_fold) if per_fold else 0.0
         spread = (
             (sum((a - mean) ** 2 for a in per_fold) / (len(per_fold) - 1)) ** 0.5 if len(folds) > 1 else 0.0
@@ -208,27 +225,37 @@ def _save(out: Path, summary: dict[str, Any]) -> None:
 
 
 def cv_markdown(summary: dict[str, Any]) -> str:
-    """The cross-validation table: one row per fold, then the pooled row with its 95% interval."""
+    """The cross-validation table: one row per fold, then the pooled row with its 95% interval; with the
+    automatic teacher's clean accuracy beside the model's where the recipe trained one."""
     from ..attacks.eps import format_eps
 
-    eps = summary["eps"]
+    eps, p = summary["eps"], summary["pooled"]
+    teacher = "teacher_clean" in p
     head = ["fold", "n", "clean", *(f"quick ensemble linf {format_eps(e)}" for e in eps)]
+    head += ["teacher clean"] if teacher else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for fold, f in sorted(summary["folds"].items(), key=lambda kv: int(kv[0])):
         cells = [_pct(f["clean"], f["n"]), *(_pct(f["robust"][str(e)], f["n"]) for e in eps)]
+        cells += [_pct(f["teacher_clean"], f["n"])] if teacher else []
         lines.append(f"| {fold} | {f['n']} | " + " | ".join(cells) + " |")
-    p = summary["pooled"]
     cells = [_pct_ci(p["clean"]), *(_pct_ci(p[str(e)]) for e in eps)]
+    cells += [_pct_ci(p["teacher_clean"])] if teacher else []
     lines.append(
         f"| **all {len(p['folds_done'])} of {summary['k']}** | {p['n']} | " + " | ".join(cells) + " |"
     )
+    notes = ["pooled: every held-out image once, 95% Clopper-Pearson interval; folds' mean +- sd in cv.json"]
+    if teacher:
+        notes.append(
+            "teacher clean: the standard model that --teacher auto trained on the same photos, measured on"
+            " the same held-out ones: the clean accuracy this data allows without robust training"
+        )
     return "\n".join(
         [
             f"cross-validation, {summary['k']} folds (seed {summary['seed']}): accuracy on held-out images",
             "",
             *lines,
             "",
-            "pooled: every held-out image once, 95% Clopper-Pearson interval; folds' mean +- sd in cv.json",
+            *notes,
         ]
     )
 
