@@ -246,8 +246,8 @@ def cv_markdown(summary: dict[str, Any]) -> str:
     notes = ["pooled: every held-out image once, 95% Clopper-Pearson interval; folds' mean +- sd in cv.json"]
     if teacher:
         notes.append(
-            "teacher clean: the standard model that --teacher auto trained on the same photos, measured on"
-            " the same held-out ones: the clean accuracy this data allows without robust training"
+            "teacher clean: the model --teacher auto trained on the same photos (noise augmentation, no"
+            " attacks), on the same held-out ones: the clean accuracy the data allows without robust training"
         )
     return "\n".join(
         [
