@@ -159,7 +159,8 @@ def _measure(run_dir: Path, split: data.Dataset, eps: Sequence[float], device: s
 def _clean_correct(run_dir: Path, split: data.Dataset, device: str) -> int:
     """How many of the held-out images (`split`'s test) the model in `run_dir` names right, unattacked."""
     import birdshield
-    from birdshield.inference import predict_files
+
+    from ..inference import predict_files
 
     model = birdshield.load(run_dir, runtime="auto", device=device)
     held = split.splits["test"]
