@@ -125,14 +125,9 @@ def cross_validate(
 
 def _measure(run_dir: Path, split: data.Dataset, eps: Sequence[float], device: str) -> dict[str, Any]:
     """A fold's model on its held-out images: clean, and the quick ensemble at each eps (resumable)."""
-    import birdshield
-
     from ..evaluation import PRESETS, evaluate_to_dir
-    from ..models import resolve_runtime
 
-    model = birdshield.load(run_dir, device=device)
-    onnx = resolve_runtime("auto", device, run_dir) == "onnx"  # the passes without gradients, on a CPU
-    twin = birdshield.load(run_dir, runtime="onnx", device=device) if onnx else None
+    model, twin = _load_model(run_dir, device)
     cfg = dataclasses.replace(PRESETS["quick"], eps=tuple(eps), corruptions=(), noise_std=())
     if not eps:
         cfg = dataclasses.replace(cfg, attacks=())
@@ -158,15 +153,23 @@ def _measure(run_dir: Path, split: data.Dataset, eps: Sequence[float], device: s
 
 def _clean_correct(run_dir: Path, split: data.Dataset, device: str) -> int:
     """How many of the held-out images (`split`'s test) the model in `run_dir` names right, unattacked."""
+    from ..evaluation import PRESETS, evaluate_samples
+
+    model, twin = _load_model(run_dir, device)
+    cfg = dataclasses.replace(PRESETS["quick"], attacks=(), eps=(), corruptions=(), noise_std=())
+    report = evaluate_samples(model, split.splits["test"], cfg, forward_model=twin)
+    return round(report["clean_accuracy"] * report["n"])
+
+
+def _load_model(run_dir: Path, device: str) -> tuple[Any, Any]:
+    """The run's model for gradients, and on a CPU its onnxruntime twin for the passes without them."""
     import birdshield
 
-    from ..inference import predict_files
+    from ..models import resolve_runtime
 
-    model = birdshield.load(run_dir, runtime="auto", device=device)
-    held = split.splits["test"]
-    rows = predict_files(model, [s.path for s in held])
-    names = split.class_names
-    return sum(bool(r["top"]) and r["top"][0][0] == names[s.label] for r, s in zip(rows, held, strict=True))
+    model = birdshield.load(run_dir, device=device)
+    onnx = resolve_runtime("auto", device, run_dir) == "onnx"
+    return model, birdshield.load(run_dir, runtime="onnx", device=device) if onnx else None
 
 
 def _recipe_key(cfg: TrainConfig, k: int, eps: Sequence[float]) -> str:
