@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from helpers import TINY
+from PIL import Image
 
 from birdshield import data
 from birdshield.cli import main
@@ -50,6 +51,7 @@ def test_cross_validation_counts_every_held_out_image_once_and_resumes(tiny_data
     low, high = summary["pooled"]["clean"]["ci95"]
     assert low <= summary["pooled"]["clean"]["accuracy"] <= high
     assert "all 2 of 2" in (out / "cv.md").read_text() and "teacher clean" not in (out / "cv.md").read_text()
+    assert Image.open(out / "cv.png").format == "PNG"
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
     assert main(argv) == 0  # the same command again: nothing retrained, nothing re-measured
     assert {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")} == stamps

@@ -6,7 +6,8 @@ fold the recipe trains on the other folds, as a user trains it (with its own val
 them, in the data set's own valid share, for early stopping and checkpoint selection), and is then
 measured on the fold it never saw: clean accuracy and, at each `eps`, robust accuracy under the quick
 attack ensemble. Each fold's run and report are kept in OUT/fold-I/; OUT/cv.json and cv.md hold the
-per-fold numbers and the pooled ones (every held-out image once, with a Clopper-Pearson interval).
+per-fold numbers and the pooled ones (every held-out image once, with a Clopper-Pearson interval), and
+OUT/cv.png plots them with their intervals.
 
 Folds train on fewer images than the recipe on the full splits ((K-1)/K of the pool, less the inner valid
 share), so cross-validated accuracy slightly understates what the full training reaches.
@@ -29,7 +30,7 @@ from ..runtime import atomic_write_bytes, atomic_write_json
 from ..stats import ci95
 from .config import TrainConfig
 
-CV_FILE, CV_MARKDOWN = "cv.json", "cv.md"
+CV_FILE, CV_MARKDOWN, CV_PLOT = "cv.json", "cv.md", "cv.png"
 
 
 def fold_of(samples: Sequence[data.Sample], k: int, seed: int) -> list[int]:
@@ -224,8 +225,11 @@ def _pooled(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def _save(out: Path, summary: dict[str, Any]) -> None:
+    from ..reporting.plots import plot_cv
+
     atomic_write_json(out / CV_FILE, summary)
     atomic_write_bytes(out / CV_MARKDOWN, (cv_markdown(summary) + "\n").encode())
+    plot_cv(summary, out / CV_PLOT)
 
 
 def cv_markdown(summary: dict[str, Any]) -> str:
