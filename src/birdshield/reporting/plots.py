@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from ..attacks.eps import format_eps
 from ..runtime import atomic_write_bytes
-from ..stats import ci95, ci95_of
+from ..stats import ci95_of
 
 DPI = 100
 _STYLE = {
@@ -189,28 +189,17 @@ def plot_comparison(reports: list[tuple[str, dict[str, Any]]], path: str | Path)
         ax.legend()
 
 
-def plot_cv(summary: dict[str, Any], path: str | Path) -> None:
-    """Cross-validation per fold and pooled: clean, each eps and (where measured) the teacher's clean
-    accuracy, each with its 95% interval, so a fold that disagrees with the others shows at a glance."""
-    folds = [f for _, f in sorted(summary["folds"].items(), key=lambda kv: int(kv[0]))]
-    pooled = summary["pooled"]
-    series = [("clean", "clean", lambda f: f["clean"])]
-    series += [(f"quick {format_eps(e)}", str(e), lambda f, e=str(e): f["robust"][e]) for e in summary["eps"]]
-    if "teacher_clean" in pooled:
-        series.append(("teacher clean", "teacher_clean", lambda f: f["teacher_clean"]))
-    labels = [f"fold {fold}" for fold in sorted(map(int, summary["folds"]))] + ["pooled"]
+def plot_folds(
+    labels: list[str], series: list[tuple[str, list[tuple[float, list[float]]]]], title: str, path: str | Path
+) -> None:
+    """Accuracies side by side at each of `labels` (cross-validation's folds, then the pooled row): one
+    series per measure, each point (accuracy, [low, high]) with its interval; the last label set apart."""
     width = 0.8 / len(series)
     with _figure(path, (max(5.0, 1.1 * len(labels) + 2), 4)) as ax:
-        for i, (name, key, correct) in enumerate(series):
-            points = [(correct(f) / f["n"], ci95(correct(f), f["n"])) for f in folds]
-            points.append((pooled[key]["accuracy"], pooled[key]["ci95"]))
+        for i, (name, points) in enumerate(series):
             xs = [x + (i - (len(series) - 1) / 2) * width for x in range(len(labels))]
             ax.errorbar(xs, [100 * a for a, _ in points], yerr=_yerr(points), fmt="o", capsize=3, label=name)
         ax.set_xticks(range(len(labels)), labels)
         ax.axvline(len(labels) - 1.5, color="grey", lw=0.8)  # folds | pooled
-        ax.set(
-            ylabel="held-out accuracy (%)",
-            ylim=(-2, 102),
-            title=f"Cross-validation, {summary['k']} folds (seed {summary['seed']}), 95% intervals",
-        )
+        ax.set(ylabel="held-out accuracy (%)", ylim=(-2, 102), title=title)
         ax.legend()

@@ -197,24 +197,40 @@ def _load(out: Path, cfg: TrainConfig, k: int, eps: Sequence[float]) -> dict[str
     return saved
 
 
+Count = Callable[[dict[str, Any]], int]
+
+
+def _measures(summary: dict[str, Any]) -> list[tuple[str, str, Count]]:
+    """What each fold measured, as (key in the pooled summary, column label, a fold's correct count): clean,
+    the ensemble at each eps, and the automatic teacher's clean accuracy where every fold has it."""
+    from ..attacks.eps import format_eps
+
+    measures: list[tuple[str, str, Count]] = [("clean", "clean", lambda f: f["clean"])]
+    for e in summary["eps"]:
+        measures.append((str(e), f"quick ensemble linf {format_eps(e)}", lambda f, e=str(e): f["robust"][e]))
+    folds = summary["folds"].values()
+    if folds and all("teacher_clean" in f for f in folds):
+        measures.append(("teacher_clean", "teacher clean", lambda f: f["teacher_clean"]))
+    return measures
+
+
+def _folds_in_order(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return sorted(summary["folds"].items(), key=lambda kv: int(kv[0]))
+
+
 def _pooled(summary: dict[str, Any]) -> dict[str, Any]:
     """Every held-out image once: the sums over the folds done, with intervals, and the folds' spread."""
     folds = list(summary["folds"].values())
     n = sum(f["n"] for f in folds)
     pooled: dict[str, Any] = {"folds_done": sorted(map(int, summary["folds"])), "n": n}
-    correct: dict[str, Callable[[dict[str, Any]], int]] = {"clean": lambda f: f["clean"]}
-    for e in summary["eps"]:
-        correct[str(e)] = lambda f, e=str(e): f["robust"][e]
-    if folds and all("teacher_clean" in f for f in folds):
-        correct["teacher_clean"] = lambda f: f["teacher_clean"]
-    for name, count in correct.items():
+    for key, _, count in _measures(summary):
         k = sum(map(count, folds))
         per_fold = [count(f) / f["n"] for f in folds]
         mean = sum(per_fold) / len(per_fold) if per_fold else 0.0
         spread = (
             (sum((a - mean) ** 2 for a in per_fold) / (len(per_fold) - 1)) ** 0.5 if len(folds) > 1 else 0.0
         )
-        pooled[name] = {
+        pooled[key] = {
             "accuracy": k / n if n else 0.0,
             "correct": k,
             "ci95": ci95(k, n),
@@ -225,34 +241,43 @@ def _pooled(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def _save(out: Path, summary: dict[str, Any]) -> None:
-    from ..reporting.plots import plot_cv
-
     atomic_write_json(out / CV_FILE, summary)
     atomic_write_bytes(out / CV_MARKDOWN, (cv_markdown(summary) + "\n").encode())
-    plot_cv(summary, out / CV_PLOT)
+    _plot(summary, out / CV_PLOT)
+
+
+def _plot(summary: dict[str, Any], path: Path) -> None:
+    """Each fold and the pooled row, every measure with its 95% interval."""
+    from ..reporting.plots import plot_folds
+
+    folds, p = _folds_in_order(summary), summary["pooled"]
+    series = [
+        (
+            label,
+            [(count(f) / f["n"], ci95(count(f), f["n"])) for _, f in folds]
+            + [(p[key]["accuracy"], p[key]["ci95"])],
+        )
+        for key, label, count in _measures(summary)
+    ]
+    title = f"Cross-validation, {summary['k']} folds (seed {summary['seed']}), 95% intervals"
+    plot_folds([f"fold {fold}" for fold, _ in folds] + ["pooled"], series, title, path)
 
 
 def cv_markdown(summary: dict[str, Any]) -> str:
     """The cross-validation table: one row per fold, then the pooled row with its 95% interval; with the
     automatic teacher's clean accuracy beside the model's where the recipe trained one."""
-    from ..attacks.eps import format_eps
-
-    eps, p = summary["eps"], summary["pooled"]
-    teacher = "teacher_clean" in p
-    head = ["fold", "n", "clean", *(f"quick ensemble linf {format_eps(e)}" for e in eps)]
-    head += ["teacher clean"] if teacher else []
+    measures, p = _measures(summary), summary["pooled"]
+    head = ["fold", "n", *(label for _, label, _ in measures)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for fold, f in sorted(summary["folds"].items(), key=lambda kv: int(kv[0])):
-        cells = [_pct(f["clean"], f["n"]), *(_pct(f["robust"][str(e)], f["n"]) for e in eps)]
-        cells += [_pct(f["teacher_clean"], f["n"])] if teacher else []
+    for fold, f in _folds_in_order(summary):
+        cells = [_pct(count(f), f["n"]) for _, _, count in measures]
         lines.append(f"| {fold} | {f['n']} | " + " | ".join(cells) + " |")
-    cells = [_pct_ci(p["clean"]), *(_pct_ci(p[str(e)]) for e in eps)]
-    cells += [_pct_ci(p["teacher_clean"])] if teacher else []
+    cells = [_pct_ci(p[key]) for key, _, _ in measures]
     lines.append(
         f"| **all {len(p['folds_done'])} of {summary['k']}** | {p['n']} | " + " | ".join(cells) + " |"
     )
     notes = ["pooled: every held-out image once, 95% Clopper-Pearson interval; folds' mean +- sd in cv.json"]
-    if teacher:
+    if "teacher_clean" in p:
         notes.append(
             "teacher clean: the model --teacher auto trained on the same photos (noise augmentation, no"
             " attacks), on the same held-out ones: the clean accuracy the data allows without robust training"
