@@ -29,3 +29,16 @@ def ci95(k: int, n: int) -> list[float]:
 def ci95_of(accuracy: float, n: int) -> list[float]:
     """The interval of an accuracy stated as a fraction of n images (for reports written without one)."""
     return ci95(round(accuracy * n), n)
+
+
+def mcnemar_exact(gained: int, lost: int) -> float:
+    """Two-sided exact McNemar p-value for two models scored on the same images: `gained` images only the
+    second gets right, `lost` only the first. Images both get right or wrong carry no evidence, which is why
+    a paired test sees differences that two overlapping intervals hide."""
+    if gained < 0 or lost < 0:
+        raise ValueError(f"need counts >= 0, got {gained} and {lost}")
+    if gained + lost == 0:
+        return 1.0
+    from scipy.stats import binomtest
+
+    return float(binomtest(gained, gained + lost, 0.5).pvalue)

@@ -63,3 +63,27 @@ def test_compare_merges_folders_given_one_name_into_one_row(tmp_path: Path, caps
     assert other.startswith("| other |")
     assert main(["compare", folders[0], folders[2], "--names", "model,model"]) == 2  # not one model
     assert "differ in their number of images or clean accuracy" in capsys.readouterr().err
+
+
+def _certify(radii: list[float | None], min_radius: float = 0.0, folder: str = "data/test") -> dict:
+    """A certify result over images 0..k-1 of one class: radius None abstains."""
+    images = [
+        {"image": f"{folder}/wren/{i}.jpg", "label": 0, "correct": r is not None, "radius": r}
+        for i, r in enumerate(radii)
+    ]
+    return {"n_images": len(images), "min_radius": min_radius, "certified_accuracy": [], "images": images}
+
+
+def test_paired_counts_the_images_two_certify_runs_disagree_on(tmp_path: Path, capsys):
+    first = [1.0] * 7 + [None] * 3 + [0.6] * 2
+    second = [None] * 7 + [1.0] * 3 + [0.6] * 2  # 7 lost, 3 gained at r=0.5; the last two agree
+    for name, radii, where in (("a", first, "x"), ("b", second, "elsewhere/y")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "certify.json").write_text(json.dumps(_certify(radii, 0.5, where)))
+    folders = [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert main(["compare", *folders, "--radii", "0.25,0.5,0.75", "--paired"]) == 0
+    row = capsys.readouterr().out.splitlines()[-1]
+    # r=0.25 lies below --min-radius (not measured); at 0.75 the two 0.6 images fall out of both.
+    assert row == "| b | 12 | – | +3/-7 (p 0.34) | +3/-7 (p 0.34) |"
+    assert main(["compare", folders[0], "--paired"]) == 2
+    assert "at least two certify results" in capsys.readouterr().err

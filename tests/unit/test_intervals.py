@@ -21,3 +21,15 @@ def test_interval_contains_the_estimate_and_narrows_with_n():
     assert ci95(500, 1000)[1] - ci95(500, 1000)[0] < ci95(5, 10)[1] - ci95(5, 10)[0]
     with pytest.raises(ValueError):
         clopper_pearson(3, 2)
+
+
+def test_mcnemar_exact_is_the_two_sided_sign_test_on_disagreements():
+    from birdshield.stats import mcnemar_exact
+
+    assert mcnemar_exact(7, 0) == pytest.approx(2 * 0.5**7)  # 7 of 7 disagreements one way
+    assert mcnemar_exact(0, 7) == mcnemar_exact(7, 0)  # symmetric
+    assert mcnemar_exact(5, 4) == pytest.approx(1.0)
+    assert mcnemar_exact(0, 0) == 1.0  # no disagreement, no evidence
+    assert mcnemar_exact(13, 3) < 0.05 < mcnemar_exact(9, 6)
+    with pytest.raises(ValueError):
+        mcnemar_exact(-1, 2)

@@ -24,6 +24,13 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "share a row, e.g. a model's evaluate report, its transfer report and its certify result",
     )
     p.add_argument("--radii", default="0.25,0.5", help="comma list of L2 radii for the certified columns")
+    p.add_argument(
+        "--paired",
+        action="store_true",
+        help="also compare each certify result with the first on the images both certified: images gained "
+        "and lost at each radius and an exact McNemar p-value. Use it to choose between two recipes "
+        "certified on the same split, where their intervals overlap",
+    )
     p.add_argument("--out", help="folder to write compare.md and compare.png into")
     p.set_defaults(handler=run)
     return p
@@ -40,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     reports = merge_rows(
         [load_reports(folder, name) for folder, name in zip(args.reports, names, strict=True)]
     )
-    print(compare_markdown(reports, radii), end="")
+    print(compare_markdown(reports, radii, args.paired), end="")
     if args.out:
-        print(f"-> {write_comparison(reports, args.out, radii)}")
+        print(f"-> {write_comparison(reports, args.out, radii, args.paired)}")
     return 0

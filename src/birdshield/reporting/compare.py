@@ -13,6 +13,7 @@ from typing import Any
 
 from ..attacks.eps import format_eps
 from ..errors import DataError
+from ..stats import mcnemar_exact
 from .markdown import markdown_table, pct_ci
 
 REPORT, CERTIFY = "report.json", "certify.json"
@@ -138,21 +139,79 @@ def _certified(result: dict[str, Any] | None, radius: float) -> str:
     return pct_ci(row["accuracy"], result["n_images"], row.get("ci95"))
 
 
-def compare_markdown(reports: list[Reports], radii: tuple[float, ...] = (0.25, 0.5)) -> str:
+PAIRED_NOTE = (
+    "Paired on the images both certify results hold: +k are images certified correct at that radius "
+    "only in this row, -k only in the first row; p is the exact two-sided McNemar test. On few images two "
+    "recipes' intervals overlap even when one is better; the images they disagree on are the evidence."
+)
+
+
+def _image_key(record: dict[str, Any]) -> str:
+    """An image by its class folder and file name, so that two certify runs of one split pair up wherever
+    the data set lies."""
+    path = Path(record["image"])
+    return f"{path.parent.name}/{path.name}"
+
+
+def _certified_at(result: dict[str, Any], radius: float) -> dict[str, bool] | None:
+    """Image key -> certified correct at `radius`, for the readable images; None below a --min-radius run's
+    smallest radius, where images that stopped early were not measured."""
+    if radius < result.get("min_radius", 0.0) - 1e-12:
+        return None
+    return {
+        _image_key(im): bool(im["correct"] and im["radius"] is not None and im["radius"] >= radius - 1e-12)
+        for im in result["images"]
+        if not im.get("error")
+    }
+
+
+def paired_table(reports: list[Reports], radii: tuple[float, ...]) -> list[str]:
+    """Markdown rows: each certify result against the first, on the images both hold (see PAIRED_NOTE)."""
+    results = [r for r in reports if r.certify]
+    if len(results) < 2:
+        raise DataError("--paired needs at least two certify results (folders holding certify.json)")
+    first = results[0]
+    header = ["against " + first.name, "images paired"] + [f"certified r={r:g}" for r in radii]
+    rows = []
+    for other in results[1:]:
+        row, paired = [other.name], None
+        for radius in radii:
+            base, new = _certified_at(first.certify, radius), _certified_at(other.certify, radius)
+            if base is None or new is None:
+                row.append("–")
+                continue
+            keys = base.keys() & new.keys()
+            if not keys:
+                raise DataError(f"{first.name} and {other.name} share no image: pair runs of one split")
+            paired = len(keys)
+            gained = sum(new[k] and not base[k] for k in keys)
+            lost = sum(base[k] and not new[k] for k in keys)
+            row.append(f"+{gained}/-{lost} (p {mcnemar_exact(gained, lost):.2g})")
+        rows.append(row[:1] + [str(paired) if paired else "–"] + row[1:])
+    return markdown_table(header, rows)
+
+
+def compare_markdown(
+    reports: list[Reports], radii: tuple[float, ...] = (0.25, 0.5), paired: bool = False
+) -> str:
     lines = ["# Robustness compared", "", "Accuracies with their 95% Clopper-Pearson intervals.", ""]
     lines += compare_table(reports, radii)
     flags = [f"- {r.name}: {f['flag']}" for r in reports if r.evaluate for f in r.evaluate["flags"]]
     lines += ["", "Sanity flags:" if flags else "No sanity flag in any report.", *flags]
+    if paired:
+        lines += ["", "## Paired", "", PAIRED_NOTE, "", *paired_table(reports, radii)]
     return "\n".join(lines) + "\n"
 
 
-def write_comparison(reports: list[Reports], out: str | Path, radii: tuple[float, ...] = (0.25, 0.5)) -> Path:
+def write_comparison(
+    reports: list[Reports], out: str | Path, radii: tuple[float, ...] = (0.25, 0.5), paired: bool = False
+) -> Path:
     """OUT/compare.md and, when any report has an ensemble, OUT/compare.png."""
     from ..runtime import atomic_write_bytes
     from .plots import plot_comparison
 
     out = Path(out)
-    atomic_write_bytes(out / "compare.md", compare_markdown(reports, radii).encode())
+    atomic_write_bytes(out / "compare.md", compare_markdown(reports, radii, paired).encode())
     if any(r.evaluate and r.evaluate["ensemble"] for r in reports):
         plot_comparison([(r.name, r.evaluate) for r in reports if r.evaluate], out / "compare.png")
     return out / "compare.md"
