@@ -1,4 +1,4 @@
-# Shared by scripts/results_table.sh and experiments/recipe_seeds.sh: `bs` runs birdshield with THREADS
+# Shared by scripts/results_table.sh and the scripts in experiments/: `bs` runs birdshield with THREADS
 # threads, `step NAME COMMAND...` runs COMMAND once per output folder (recorded in $O/done/NAME), so a killed
 # script goes on where it stopped.
 # Source it after setting O, the output folder.
