@@ -1,7 +1,9 @@
 """Several evaluate/certify report folders side by side: one Markdown table and one plot.
 
 Every cell is an accuracy with its 95% Clopper-Pearson interval, so two models whose intervals overlap
-are not read as different. Reports written before intervals were stored get them computed from n.
+are not read as different. Reports written before intervals were stored get them computed from n. Certify
+results of one split can also be paired photo by photo (paired_table), which tells recipes apart where their
+intervals overlap.
 """
 
 from __future__ import annotations
