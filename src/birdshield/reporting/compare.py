@@ -174,22 +174,23 @@ def paired_table(reports: list[Reports], radii: tuple[float, ...]) -> list[str]:
         raise DataError("--paired needs at least two certify results (folders holding certify.json)")
     first = results[0]
     header = ["against " + first.name, "images paired"] + [f"certified r={r:g}" for r in radii]
+    before_at = [_certified_at(first.certify, radius) for radius in radii]
     rows = []
     for other in results[1:]:
-        row, paired = [other.name], None
-        for radius in radii:
-            base, new = _certified_at(first.certify, radius), _certified_at(other.certify, radius)
-            if base is None or new is None:
-                row.append("–")
+        paired, cells = "–", []
+        for radius, before in zip(radii, before_at, strict=True):
+            after = _certified_at(other.certify, radius)
+            if before is None or after is None:
+                cells.append("–")
                 continue
-            keys = base.keys() & new.keys()
+            keys = before.keys() & after.keys()
             if not keys:
                 raise DataError(f"{first.name} and {other.name} share no image: pair runs of one split")
-            paired = len(keys)
-            gained = sum(new[k] and not base[k] for k in keys)
-            lost = sum(base[k] and not new[k] for k in keys)
-            row.append(f"+{gained}/-{lost} (p {mcnemar_exact(gained, lost):.2g})")
-        rows.append(row[:1] + [str(paired) if paired else "–"] + row[1:])
+            paired = str(len(keys))
+            gained = sum(after[k] and not before[k] for k in keys)
+            lost = sum(before[k] and not after[k] for k in keys)
+            cells.append(f"+{gained}/-{lost} (p {mcnemar_exact(gained, lost):.2g})")
+        rows.append([other.name, paired, *cells])
     return markdown_table(header, rows)
 
 
