@@ -17,6 +17,7 @@ from birdshield.training.config import (
     AdvConfig,
     AugmentConfig,
     TrainConfig,
+    auto_teacher_config,
     config_from_options,
     preset_defaults,
 )
@@ -60,6 +61,17 @@ def test_from_preset_sets_the_recipe_and_explicit_options_win():
     gpu = TrainConfig.from_preset("robust-gpu", data="d", out="o", adv_steps=1, epochs=2)
     assert (gpu.arch, gpu.image_size, gpu.patience) == ("tf_efficientnet_lite2", 260, 8)
     assert replace(gpu, arch=cfg.arch, image_size=160, patience=6) == cfg  # robust-cpu's recipe otherwise
+
+
+def test_automatic_teachers_train_their_own_recipe_on_the_students_data_and_seed():
+    student = TrainConfig.from_preset("robust-cpu", data="d", out="o", seed=3, weights="lite1.pth")
+    auto = auto_teacher_config(student)
+    assert (auto.arch, auto.weights, auto.augment.noise_max) == ("tf_efficientnet_lite1", "lite1.pth", 0.2)
+    standard = auto_teacher_config(replace(student, teacher="standard"))
+    default = TrainConfig("d", "o/teacher", seed=3, resume=True)
+    assert standard == default  # the default recipe: its own backbone and size, no noise, no attacks
+    for teacher in (auto, standard):
+        assert (teacher.data, teacher.out, teacher.seed, teacher.adv.method) == ("d", "o/teacher", 3, "none")
 
 
 def test_public_presets_are_the_ones_a_user_chooses_from():

@@ -91,8 +91,10 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=d.teacher,
         metavar="RUN",
         help="a trained run of the same species (e.g. a standard model): its class probabilities on the "
-        "clean images replace the labels in the loss (distillation; with --adv, ARD-style); 'auto' first "
-        "trains one in OUT/teacher (--noise-max 0.2, a few CPU minutes)",
+        "clean images replace the labels in the loss (distillation; with --adv, ARD-style). Or train one "
+        "first, in OUT/teacher (a few CPU minutes): 'auto', noise training (--noise-max 0.2) on this "
+        "run's --arch; 'standard', the default recipe (what `birdshield train DATA` trains), the more "
+        "accurate clean model",
     )
     g.add_argument(
         "--tta-flip",

@@ -25,7 +25,7 @@ from ..runtime import atomic_write_bytes, progress, tune_cpu_allocator
 from ..stats import ci95_of
 from .augment import augment
 from .batches import autocast, to_device
-from .config import TrainConfig, auto_teacher_config
+from .config import AUTO_TEACHERS, TrainConfig, auto_teacher_config
 from .optim import lr_factor, set_lr
 from .prepare import Run, prepare
 from .resume import RESUME_FILE, save_resume
@@ -48,9 +48,9 @@ def train(cfg: TrainConfig, dataset: data.Dataset | None = None) -> dict:
 def _train(cfg: TrainConfig, d: Dist, device: torch.device, dataset: data.Dataset | None) -> dict:
     log = print if d.main else _silent
     dataset = dataset or _discover(cfg)
-    if cfg.teacher == "auto":  # trained first (or resumed, a no-op once finished), then distilled
+    if cfg.teacher in AUTO_TEACHERS:  # trained first (or resumed, a no-op once finished), then distilled
         teacher_cfg = auto_teacher_config(cfg)
-        log(f"--teacher auto: training the teacher in {teacher_cfg.out} first")
+        log(f"--teacher {cfg.teacher}: training the teacher in {teacher_cfg.out} first")
         _train(teacher_cfg, d, device, dataset)
         cfg = replace(cfg, teacher=teacher_cfg.out)
     return fit(prepare(cfg, d, device, log, dataset))
