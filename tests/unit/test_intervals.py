@@ -33,3 +33,9 @@ def test_mcnemar_exact_is_the_two_sided_sign_test_on_disagreements():
     assert mcnemar_exact(13, 3) < 0.05 < mcnemar_exact(9, 6)
     with pytest.raises(ValueError):
         mcnemar_exact(-1, 2)
+
+
+def test_report_intervals_round_once_when_shown_to_a_tenth_of_a_percent():
+    low, high = clopper_pearson(851, 900)  # high is 0.95945...: a double rounding would show 96.0%
+    assert f"{ci95(851, 900)[1]:.1%}" == f"{high:.1%}" == "95.9%"
+    assert ci95(851, 900)[0] == pytest.approx(low, abs=1e-6)
