@@ -114,7 +114,7 @@ def cross_validate(
         digest, done = weights_digest(run_dir), summary["folds"].get(str(fold), {})
         if done.get("weights_sha256") != digest:  # measured once per trained model
             done = _measure(run_dir, split, eps, cfg.device) | {"weights_sha256": digest}
-        teacher = run_dir / "teacher"  # --teacher auto's: trained on this fold's photos only
+        teacher = run_dir / "teacher"  # --teacher auto's or standard's: this fold's photos only
         if "teacher_clean" not in done and (teacher / "birdshield.json").is_file():
             done["teacher_clean"] = _clean_correct(teacher, split, cfg.device)
         summary["folds"][str(fold)] = done
@@ -279,8 +279,8 @@ def cv_markdown(summary: dict[str, Any]) -> str:
     notes = ["pooled: every held-out image once, 95% Clopper-Pearson interval; folds' mean +- sd in cv.json"]
     if "teacher_clean" in p:
         notes.append(
-            "teacher clean: the model --teacher auto trained on the same photos (noise augmentation, no"
-            " attacks), on the same held-out ones: the clean accuracy the data allows without robust training"
+            "teacher clean: the teacher --teacher trained first on the same photos (no attacks), on the same"
+            " held-out ones: what the robust model was distilled from"
         )
     return "\n".join(
         [
