@@ -172,8 +172,8 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="instead of one run: pool the train and valid images into K folds (stratified, seeded by "
         "--seed), train the recipe K times, each time measuring the fold it never saw, and write OUT/cv.md, "
         "cv.json and the plot cv.png (per fold and pooled, with intervals; with a --teacher it trains, also "
-        "the teacher's clean accuracy) beside each fold's run in "
-        "OUT/fold-I; K runs' time. Resumable: run the same command again",
+        "the teacher's clean accuracy) beside each fold's run in OUT/fold-I; K runs' time. Resumable: run "
+        "the same command again",
     )
     g.add_argument(
         "--cv-eps",
