@@ -13,7 +13,9 @@ from PIL import Image
 
 from birdshield import data
 from birdshield.cli import main
-from birdshield.training.cv import fold_dataset, fold_of
+from birdshield.errors import OutDirError
+from birdshield.training.config import TrainConfig
+from birdshield.training.cv import CV_FILE, _load, _recipe_key, fold_dataset, fold_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -56,6 +58,9 @@ def test_cross_validation_counts_every_held_out_image_once_and_resumes(tiny_data
     assert main(argv) == 0  # the same command again: nothing retrained, nothing re-measured
     assert {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")} == stamps
     assert json.loads((out / "cv.json").read_text()) == summary
+    elsewhere = [argv[0], f"{tiny_data.parent}/./{tiny_data.name}", *argv[2:]]
+    assert main(elsewhere) == 0  # the same data spelled another way resumes too
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")} == stamps
     assert main([*argv[:-2], "--cv-eps", "4/255"]) == 2  # another recipe into the same folder is refused
 
 
@@ -79,3 +84,14 @@ def test_the_automatic_teachers_clean_accuracy_is_measured_on_the_same_held_out_
     again = json.loads((out / "cv.json").read_text())
     assert again["pooled"]["teacher_clean"] == summary["pooled"]["teacher_clean"]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")} == stamps
+
+
+def test_a_cross_validation_saved_with_the_data_path_as_typed_resumes(tmp_path: Path) -> None:
+    cfg = TrainConfig(data="../birds", out=str(tmp_path))  # the key older versions saved
+    older = {"k": 5, "seed": 0, "eps": [], "folds": {"0": {"n": 1}}}
+    older["recipe_key"] = _recipe_key(cfg, 5, (), data_as_typed=True)
+    (tmp_path / CV_FILE).write_text(json.dumps(older))
+    summary = _load(tmp_path, cfg, 5, ())
+    assert summary["folds"] == older["folds"] and summary["recipe_key"] == _recipe_key(cfg, 5, ())
+    with pytest.raises(OutDirError):
+        _load(tmp_path, cfg, 4, ())

@@ -173,10 +173,15 @@ def _load_model(run_dir: Path, device: str) -> tuple[Any, Any]:
     return model, birdshield.load(run_dir, runtime="onnx", device=device) if onnx else None
 
 
-def _recipe_key(cfg: TrainConfig, k: int, eps: Sequence[float]) -> str:
+def _recipe_key(cfg: TrainConfig, k: int, eps: Sequence[float], *, data_as_typed: bool = False) -> str:
+    """What identifies a cross-validation: the recipe, k and eps. The data set counts by its resolved path,
+    so `../birds` and `/home/me/birds` resume the same one (`data_as_typed`: the key of older versions,
+    which took the path as typed)."""
     recipe = {
         n: v for n, v in dataclasses.asdict(cfg).items() if n not in ("out", "resume", "device", "workers")
     }
+    if not data_as_typed:
+        recipe["data"] = str(Path(cfg.data).resolve())
     text = json.dumps({"recipe": recipe, "k": k, "eps": list(eps)}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -190,11 +195,11 @@ def _load(out: Path, cfg: TrainConfig, k: int, eps: Sequence[float]) -> dict[str
     if not path.is_file():
         return {"k": k, "seed": cfg.seed, "eps": list(eps), "recipe_key": key, "folds": {}}
     saved = json.loads(path.read_text())
-    if saved.get("recipe_key") != key:
+    if saved.get("recipe_key") not in (key, _recipe_key(cfg, k, eps, data_as_typed=True)):
         raise OutDirError(
             f"{path} holds the cross-validation of another recipe, fold count or eps; choose another --out"
         )
-    return saved
+    return saved | {"recipe_key": key}
 
 
 Count = Callable[[dict[str, Any]], int]
