@@ -86,4 +86,24 @@ def test_paired_counts_the_images_two_certify_runs_disagree_on(tmp_path: Path, c
     # r=0.25 lies below --min-radius (not measured); at 0.75 the two 0.6 images fall out of both.
     assert row == "| b | 12 | – | +3/-7 (p 0.34) | +3/-7 (p 0.34) |"
     assert main(["compare", folders[0], "--paired"]) == 2
-    assert "at least two certify results" in capsys.readouterr().err
+    assert "at least two reports with per-image outcomes" in capsys.readouterr().err
+
+
+def test_paired_counts_the_photos_two_evaluations_disagree_on(tmp_path: Path, capsys):
+    eps = 2 / 255
+    outcomes = {  # (clean, survived 2/255) per photo, for each run
+        "a": [(True, True)] * 4 + [(True, False)] * 5 + [(False, False)],
+        "b": [(True, True)] * 4 + [(True, True)] * 5 + [(True, False)],  # +5 at 2/255, +1 clean
+    }
+    for name, rows in outcomes.items():
+        report = _report(len(rows), sum(c for c, _ in rows), [sum(r for _, r in rows)], [eps])
+        report["images"] = [
+            {"image": f"{name}/data/test/wren/{i}.jpg", "correct": c, "robust": {str(eps): r}}
+            for i, (c, r) in enumerate(rows)
+        ]
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(json.dumps(report))
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--paired"]) == 0
+    header, _, row = capsys.readouterr().out.splitlines()[-3:]
+    assert header == "| against a | images paired | clean | ensemble linf 2/255 |"
+    assert row == "| b | 10 | +1/-0 (p 1) | +5/-0 (p 0.062) |"

@@ -336,6 +336,7 @@ def test_report_files(cascade: dict, setup: tuple[nn.Module, Tensor, Tensor], tm
     md = write_evaluate_report(cascade, tmp_path, examples)
     saved = json.loads((tmp_path / "report.json").read_text())
     assert set(saved) >= REPORT_KEYS
+    assert saved["images"] == []  # tensors have no file names to pair photos by
     keys = {"attack", "norm", "eps", "robust_accuracy", "ci95", "fooled", "n_attacked", "n", "seconds"}
     assert set(saved["results"][0]) == keys
     assert {c["label"] for c in saved["corruptions"]} >= {"gaussian_noise std=0.1", "jpeg severity=1"}
@@ -373,6 +374,14 @@ def test_evaluate_cli(tiny_run: Path, tiny_data: Path, tmp_path: Path, capsys: p
     assert report["ensemble"][0]["robust_accuracy"] == report["clean_accuracy"]
     assert report["trained_against"]["adversarial"]["method"] == "none"
     assert [r["attack"] for r in report["results"]][:4] == ["fgsm", "pgd", "transfer", "square"]
+    images = report["images"]  # each photo's outcome, adding up to the report's counts
+    assert len({im["image"] for im in images}) == 9
+    assert sum(im["correct"] for im in images) == round(report["clean_accuracy"] * 9)
+    for e in report["ensemble"]:
+        survived = [im["robust"][str(e["eps"])] for im in images]
+        assert sum(survived) == round(e["robust_accuracy"] * 9)
+        assert all(im["correct"] for im, alive in zip(images, survived, strict=True) if alive)
+    assert [im["robust"]["0.0"] for im in images] == [im["correct"] for im in images]  # eps 0: clean
     printed = capsys.readouterr().out
     assert "clean accuracy" in printed and "sanity flags" in printed and "report.md" in printed
     assert main(["evaluate", str(tiny_run), str(tiny_data), "--out", str(out), "--attacks", "nope"]) == 2

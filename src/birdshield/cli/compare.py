@@ -27,9 +27,10 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--paired",
         action="store_true",
-        help="also compare each certify result with the first on the images both certified: images gained "
-        "and lost at each radius and an exact McNemar p-value. Use it to choose between two recipes "
-        "certified on the same split, where their intervals overlap",
+        help="also compare each report with the first on the images both hold: per column (clean, ensemble "
+        "at each eps, certified at each radius) the images right only in that report and only in the first, "
+        "with an exact McNemar p-value. Use it to choose between two recipes measured on the same split, "
+        "where their intervals overlap",
     )
     p.add_argument("--out", help="folder to write compare.md and compare.png into")
     p.set_defaults(handler=run)

@@ -110,6 +110,9 @@ class Tally:
     ensemble: Counter = field(default_factory=Counter)
     black_box_only: Counter = field(default_factory=Counter)
     flags: list[dict[str, str]] = field(default_factory=list)
+    # image file -> its label, clean prediction and whether it survived the ensemble at each eps (str):
+    # what pairs two reports photo by photo (`compare --paired`); empty for tensors without file names
+    images: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def clean_pass(logits: Tensor, y: Tensor, tally: Tally) -> Tensor:

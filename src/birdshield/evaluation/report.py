@@ -24,6 +24,9 @@ Report schema (``evaluate`` returns it; ``reporting.write_evaluate_report`` stor
     flags:          [{flag, detail}] sanity checks that failed (see ``checks``); [] when none
     skipped:        [{attack, reason}] requested attacks that cannot run here (wrong norm, too few classes)
     bad_images:     [{path, error}] unreadable files left out of n
+    images:         [{image, label, predicted, correct, robust}] each image file's outcome: its clean
+                    prediction and, per eps (as a string), whether it survived the ensemble ("robust");
+                    [] for images given as tensors. What `compare --paired` pairs two reports by
     config:         the EvalConfig used (surrogate given as its architecture name, or its run directory)
     seconds:        wall time of the whole evaluation (summed over resumed sessions)
 """
@@ -75,6 +78,24 @@ def confused_pairs(tally: Tally, class_names: list[str] | None, most: int = 20) 
     return [
         {"true": name(t), "predicted": name(p), "count": k}
         for (t, p), k in ((key.split(","), k) for key, k in pairs)
+    ]
+
+
+def images(tally: Tally, class_names: list[str] | None) -> list[dict[str, Any]]:
+    """Each image file's outcome, in the order measured (see the schema)."""
+
+    def name(c: int) -> str | int:
+        return class_names[c] if class_names else c
+
+    return [
+        {
+            "image": image,
+            "label": name(r["label"]),
+            "predicted": name(r["predicted"]),
+            "correct": r["label"] == r["predicted"],
+            "robust": r["survived"],
+        }
+        for image, r in tally.images.items()
     ]
 
 
@@ -136,6 +157,7 @@ def build_report(
         "flags": final_flags(tally, cfg, plan),
         "skipped": skipped,
         "bad_images": [],
+        "images": images(tally, classes),
         "config": config_dict(cfg, models),
         "seconds": round(seconds, 2),
     }

@@ -19,7 +19,7 @@ from .. import data
 from ..distributed import SINGLE, Dist, barrier, gather
 from ..inference import inference_logits
 from ..runtime import model_device
-from .cascade import attack_plan, clean_pass, corruptions_pass, ensemble_at, pick_examples
+from .cascade import Tally, attack_plan, clean_pass, corruptions_pass, ensemble_at, pick_examples
 from .checks import first_chunk_flags
 from .config import N_EXAMPLES, EvalConfig, Models, ProgressFn, config_dict
 from .report import build_report
@@ -71,13 +71,14 @@ def evaluate(
     return _report(models, cfg, p)
 
 
-Chunk = tuple[int, Tensor, Tensor]  # (index of the chunk's first image in the whole sample list, x, y)
+# (index of the chunk's first image in the whole sample list, x, y, each image's file or None for tensors)
+Chunk = tuple[int, Tensor, Tensor, list[str] | None]
 
 
 def _numbered(batches: Iterable[tuple[Tensor, Tensor]]) -> Iterator[Chunk]:
     start = 0
     for x, y in batches:
-        yield start, x, y
+        yield start, x, y, None
         start += len(y)
 
 
@@ -99,7 +100,7 @@ def _measure(
     def stage(name: str) -> None:
         report_progress(name, tally.n, total)
 
-    for at, x, y in chunks:
+    for at, x, y, names in chunks:
         x, y = x.to(device), y.to(device)
         seed = cfg.seed + at  # per chunk, and the same whichever session or rank measures it
         clean_logits = inference_logits(forward, x)
@@ -109,12 +110,16 @@ def _measure(
             tally.flags += first_chunk_flags(model, models.forward, x, y, clean_logits)
             p.checked_at = at
         correct = clean_pass(clean_logits, y, tally)
+        outcomes = _outcomes(names, y, clean_logits, tally)
         stage("corruptions")
         corruptions_pass(forward, x, y, cfg, tally, seed)
         for eps in cfg.eps:
             worst, worst_logits = ensemble_at(
                 models, x, y, correct, clean_logits, eps, cfg, p.plan, tally, seed, stage
             )
+            survived = (worst_logits.argmax(1) == y).tolist()  # the worst input's logits: wrong if fooled
+            for record, alive in zip(outcomes, survived, strict=True):
+                record["survived"][str(eps)] = alive
             if p.examples is not None and eps == max(cfg.eps):
                 k = N_EXAMPLES - len(p.examples)
                 picked = pick_examples(model, x, y, worst, correct, eps, k, (clean_logits, worst_logits))
@@ -124,6 +129,16 @@ def _measure(
         if after_chunk is not None:
             after_chunk()
         report_progress("done", tally.n, total)
+
+
+def _outcomes(names: list[str] | None, y: Tensor, clean_logits: Tensor, tally: Tally) -> list[dict[str, Any]]:
+    """Each named image's record in the tally (label, clean prediction; ``survived`` filled per eps)."""
+    if names is None:  # tensors have no file to pair by: the records are filled and dropped
+        return [{"survived": {}} for _ in range(len(y))]
+    pairs = zip(y.tolist(), clean_logits.argmax(1).tolist(), strict=True)
+    records = [{"label": t, "predicted": q, "survived": {}} for t, q in pairs]
+    tally.images.update(zip(names, records, strict=True))
+    return records
 
 
 def _report(models: Models, cfg: EvalConfig, p: Progress) -> dict[str, Any]:
@@ -141,6 +156,7 @@ def _merged(p: Progress, chosen: Sequence[data.Sample], d: Dist) -> Progress:
     tally = merge_tallies([r.tally for r in ranks])
     tally.flags = checked.tally.flags  # the checks of the first chunk of all, as in one process
     order = {str(s.path): i for i, s in enumerate(chosen)}
+    tally.images = dict(sorted(tally.images.items(), key=lambda kv: order[kv[0]]))
     return Progress(
         tally=tally,
         plan=checked.plan,
@@ -176,7 +192,7 @@ def _sample_chunks(
             p.contents += [content_digest(s.path) for s in samples[p.samples_done : p.samples_done + read]]
         p.samples_done += read
         if x is not None:
-            yield at, x, torch.tensor([rest[i].label for i in good])
+            yield at, x, torch.tensor([rest[i].label for i in good]), [str(rest[i].path) for i in good]
 
 
 def evaluate_samples(

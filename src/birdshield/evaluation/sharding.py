@@ -90,6 +90,7 @@ def merge_tallies(tallies: Sequence[Tally]) -> Tally:
             getattr(total, name).update(getattr(t, name))  # update adds, keeping zero counts
         for key, rec in t.attacks.items():
             total.attacks[key] = _add(total.attacks[key], rec)
+        total.images.update(t.images)
     return total
 
 

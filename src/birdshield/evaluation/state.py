@@ -40,7 +40,7 @@ from .cascade import AttackTally, Tally
 STATE_FILE = "state.json"
 EXAMPLES_FILE = "examples.safetensors"
 CERTIFY_LOG = "certify.jsonl"
-_FORMAT = 3  # 2: per-class counts, top-5 and confusions in the tally; 3: image digests
+_FORMAT = 4  # 2: per-class counts, top-5 and confusions in the tally; 3: image digests; 4: per-image outcomes
 _LOG_FORMAT = 2  # certify.jsonl: 2: each record carries its image's digest
 log = logging.getLogger(__name__)
 
@@ -158,6 +158,7 @@ def _tally_json(t: Tally) -> dict[str, Any]:
         "ensemble": list(t.ensemble.items()),
         "black_box_only": list(t.black_box_only.items()),
         "flags": t.flags,
+        "images": t.images,
     }
 
 
@@ -177,6 +178,7 @@ def _tally_from(d: dict[str, Any]) -> Tally:
         ensemble=Counter(dict(d["ensemble"])),
         black_box_only=Counter(dict(d["black_box_only"])),
         flags=d["flags"],
+        images=d["images"],
     )
 
 

@@ -2,8 +2,8 @@
 
 Every cell is an accuracy with its 95% Clopper-Pearson interval, so two models whose intervals overlap
 are not read as different. Reports written before intervals were stored get them computed from n. Certify
-results of one split can also be paired photo by photo (paired_table), which tells recipes apart where their
-intervals overlap.
+and evaluate results of one split can also be paired photo by photo (paired_table), which tells recipes apart
+where their intervals overlap.
 """
 
 from __future__ import annotations
@@ -142,15 +142,16 @@ def _certified(result: dict[str, Any] | None, radius: float) -> str:
 
 
 PAIRED_NOTE = (
-    "Paired on the images both certify results hold: +k are images certified correct at that radius "
-    "only in this row, -k only in the first row; p is the exact two-sided McNemar test. On few images two "
-    "recipes' intervals overlap even when one is better; the images they disagree on are the evidence."
+    "Paired on the images both reports hold: +k are images right in that column (clean, surviving the "
+    "ensemble, or certified correct at the radius) only in this row, -k only in the first row; p is the "
+    "exact two-sided McNemar test. On few images two recipes' intervals overlap even when one is better; "
+    "the images they disagree on are the evidence."
 )
 
 
 def _image_key(record: dict[str, Any]) -> str:
-    """An image by its class folder and file name, so that two certify runs of one split pair up wherever
-    the data set lies."""
+    """An image by its class folder and file name, so that two runs of one split pair up wherever the data
+    set lies."""
     path = Path(record["image"])
     return f"{path.parent.name}/{path.name}"
 
@@ -168,18 +169,20 @@ def _certified_at(result: dict[str, Any], radius: float) -> dict[str, bool] | No
 
 
 def paired_table(reports: list[Reports], radii: tuple[float, ...]) -> list[str]:
-    """Markdown rows: each certify result against the first, on the images both hold (see PAIRED_NOTE)."""
-    results = [r for r in reports if r.certify]
+    """Markdown rows: each report with per-image outcomes against the first, on the images both hold (see
+    PAIRED_NOTE)."""
+    results = [(r, columns) for r in reports if (columns := _paired_columns(r, radii))]
     if len(results) < 2:
-        raise DataError("--paired needs at least two certify results (folders holding certify.json)")
-    first = results[0]
-    header = ["against " + first.name, "images paired"] + [f"certified r={r:g}" for r in radii]
-    before_at = [_certified_at(first.certify, radius) for radius in radii]
+        raise DataError(
+            "--paired needs at least two reports with per-image outcomes: certify results, or evaluate "
+            "reports written by this version (rerun evaluate for an older one)"
+        )
+    (first, first_columns), names = results[0], list(dict.fromkeys(c for _, cs in results for c in cs))
     rows = []
-    for other in results[1:]:
+    for other, columns in results[1:]:
         paired, cells = "–", []
-        for radius, before in zip(radii, before_at, strict=True):
-            after = _certified_at(other.certify, radius)
+        for name in names:
+            before, after = first_columns.get(name), columns.get(name)
             if before is None or after is None:
                 cells.append("–")
                 continue
@@ -191,7 +194,22 @@ def paired_table(reports: list[Reports], radii: tuple[float, ...]) -> list[str]:
             lost = sum(before[k] and not after[k] for k in keys)
             cells.append(f"+{gained}/-{lost} (p {mcnemar_exact(gained, lost):.2g})")
         rows.append([other.name, paired, *cells])
-    return markdown_table(header, rows)
+    return markdown_table(["against " + first.name, "images paired", *names], rows)
+
+
+def _paired_columns(r: Reports, radii: tuple[float, ...]) -> dict[str, dict[str, bool] | None]:
+    """Column -> image key -> right there (None where not measured), for what a folder holds per image:
+    an evaluate report's clean and ensemble outcomes, a certify result's certified radii."""
+    columns: dict[str, dict[str, bool] | None] = {}
+    records = (r.evaluate or {}).get("images") or []
+    if records:
+        columns["clean"] = {_image_key(im): im["correct"] for im in records}
+        for e in r.evaluate["ensemble"]:
+            survived = {_image_key(im): im["robust"][str(e["eps"])] for im in records}
+            columns[f"ensemble {e['norm']} {format_eps(e['eps'])}"] = survived
+    if r.certify:
+        columns |= {f"certified r={radius:g}": _certified_at(r.certify, radius) for radius in radii}
+    return columns
 
 
 def compare_markdown(
