@@ -39,7 +39,9 @@ def test_folds_are_stratified_disjoint_and_leave_the_test_split_alone(tiny_data:
     assert fold_of(pool, 4, seed=3) != fold_of(pool, 4, seed=4)  # the seed deals other folds
 
 
-def test_cross_validation_counts_every_held_out_image_once_and_resumes(tiny_data: Path, tmp_path: Path):
+def test_cross_validation_counts_every_held_out_image_once_and_resumes(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "cv"
     argv = ["train", str(tiny_data), "--out", str(out), *TINY, "--epochs", "1", "--probe-epochs", "3"]
     argv += ["--cv", "2", "--cv-eps", "8/255"]
@@ -54,6 +56,12 @@ def test_cross_validation_counts_every_held_out_image_once_and_resumes(tiny_data
     assert low <= summary["pooled"]["clean"]["accuracy"] <= high
     assert "all 2 of 2" in (out / "cv.md").read_text() and "teacher clean" not in (out / "cv.md").read_text()
     assert Image.open(out / "cv.png").format == "PNG"
+    photos = [im for fold in summary["folds"].values() for im in fold["images"]]  # each one's outcome
+    assert len({im["image"] for im in photos}) == summary["pooled"]["n"]
+    assert sum(im["robust"][str(8 / 255)] for im in photos) == summary["pooled"][str(8 / 255)]["correct"]
+    capsys.readouterr()
+    assert main(["compare", str(out), str(out), "--names", "cv,again", "--paired"]) == 0  # photo by photo
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"| again | {summary['pooled']['n']} | +0/-0")
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
     assert main(argv) == 0  # the same command again: nothing retrained, nothing re-measured
     assert {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")} == stamps

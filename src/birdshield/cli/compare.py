@@ -12,12 +12,15 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         sub,
         "compare",
         help="several evaluate/certify reports side by side: one table and one plot",
-        description="Read report.json (evaluate) and certify.json (certify) from each folder and print one "
+        description="Read report.json (evaluate), certify.json (certify) or cv.json (train --cv: its pooled "
+        "held-out photos) from each folder and print one "
         "Markdown table: clean accuracy, Gaussian-noise accuracy, ensemble robust accuracy per eps, transfer "
         "accuracy and certified accuracy, each with its 95% Clopper-Pearson interval. With --out, also "
         "writes compare.md and compare.png (ensemble accuracy vs eps, one line per report).",
     )
-    p.add_argument("reports", nargs="+", metavar="REPORT_DIR", help="folders written by evaluate or certify")
+    p.add_argument(
+        "reports", nargs="+", metavar="REPORT_DIR", help="folders written by evaluate, certify or train --cv"
+    )
     p.add_argument(
         "--names",
         help="comma list of row names, one per folder (default: the folder names); folders given one name "

@@ -9,8 +9,9 @@ where their intervals overlap.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from ..attacks.eps import format_eps
@@ -18,7 +19,7 @@ from ..errors import DataError
 from ..stats import mcnemar_exact
 from .markdown import markdown_table, pct_ci
 
-REPORT, CERTIFY = "report.json", "certify.json"
+REPORT, CERTIFY, CV = "report.json", "certify.json", "cv.json"
 
 
 @dataclass
@@ -31,12 +32,18 @@ class Reports:
 
 
 def load_reports(folder: str | Path, name: str | None = None) -> Reports:
-    """Read FOLDER/report.json and FOLDER/certify.json (a path to either file works too)."""
+    """Read FOLDER/report.json and FOLDER/certify.json (a path to either file works too), or a `train --cv`
+    folder's cv.json as the evaluate report of its pooled held-out photos."""
     path = Path(folder)
     folder = path.parent if path.is_file() else path
-    found = {f: json.loads((folder / f).read_text()) for f in (REPORT, CERTIFY) if (folder / f).is_file()}
+    found = {f: json.loads((folder / f).read_text()) for f in (REPORT, CERTIFY, CV) if (folder / f).is_file()}
+    if CV in found and REPORT not in found:
+        from ..training.cv import as_report
+
+        found[REPORT] = as_report(found[CV])
     if not found:
-        raise DataError(f"{folder}: no {REPORT} or {CERTIFY}; pass folders written by evaluate or certify")
+        written = "pass folders written by evaluate, certify or train --cv"
+        raise DataError(f"{folder}: no {REPORT}, {CERTIFY} or {CV}; {written}")
     return Reports(name or folder.name, found.get(REPORT), found.get(CERTIFY))
 
 
@@ -149,11 +156,15 @@ PAIRED_NOTE = (
 )
 
 
-def _image_key(record: dict[str, Any]) -> str:
-    """An image by its class folder and file name, so that two runs of one split pair up wherever the data
-    set lies."""
-    path = Path(record["image"])
-    return f"{path.parent.name}/{path.name}"
+def _image_keys(records: list[dict[str, Any]]) -> list[str]:
+    """Each image's path below the folder all of a report's images share (class/file for one split,
+    split/class/file for a cross-validation's pooled train and valid photos), so that two runs of the same
+    photos pair up wherever the data set lies."""
+    paths = [PurePath(im["image"]) for im in records]
+    if not paths:
+        return []
+    shared = PurePath(os.path.commonpath([str(p.parent) for p in paths]))
+    return [p.relative_to(shared).as_posix() for p in paths]
 
 
 def _certified_at(result: dict[str, Any], radius: float) -> dict[str, bool] | None:
@@ -161,9 +172,10 @@ def _certified_at(result: dict[str, Any], radius: float) -> dict[str, bool] | No
     smallest radius, where images that stopped early were not measured."""
     if radius < result.get("min_radius", 0.0) - 1e-12:
         return None
+    records = result["images"]
     return {
-        _image_key(im): bool(im["correct"] and im["radius"] is not None and im["radius"] >= radius - 1e-12)
-        for im in result["images"]
+        key: bool(im["correct"] and im["radius"] is not None and im["radius"] >= radius - 1e-12)
+        for key, im in zip(_image_keys(records), records, strict=True)
         if not im.get("error")
     }
 
@@ -175,7 +187,7 @@ def paired_table(reports: list[Reports], radii: tuple[float, ...]) -> list[str]:
     if len(results) < 2:
         raise DataError(
             "--paired needs at least two reports with per-image outcomes: certify results, or evaluate "
-            "reports written by this version (rerun evaluate for an older one)"
+            "reports and train --cv folders measured by this version (older ones lack them)"
         )
     (first, first_columns), names = results[0], list(dict.fromkeys(c for _, cs in results for c in cs))
     rows = []
@@ -203,9 +215,10 @@ def _paired_columns(r: Reports, radii: tuple[float, ...]) -> dict[str, dict[str,
     columns: dict[str, dict[str, bool] | None] = {}
     records = (r.evaluate or {}).get("images") or []
     if records:
-        columns["clean"] = {_image_key(im): im["correct"] for im in records}
+        keys = _image_keys(records)
+        columns["clean"] = {k: im["correct"] for k, im in zip(keys, records, strict=True)}
         for e in r.evaluate["ensemble"]:
-            survived = {_image_key(im): im["robust"][str(e["eps"])] for im in records}
+            survived = {k: im["robust"][str(e["eps"])] for k, im in zip(keys, records, strict=True)}
             columns[f"ensemble {e['norm']} {format_eps(e['eps'])}"] = survived
     if r.certify:
         columns |= {f"certified r={radius:g}": _certified_at(r.certify, radius) for radius in radii}

@@ -149,6 +149,7 @@ def _measure(run_dir: Path, split: data.Dataset, eps: Sequence[float], device: s
         "clean": round(report["clean_accuracy"] * n),
         "robust": {str(e["eps"]): round(e["robust_accuracy"] * n) for e in report["ensemble"]},
         "valid_score": json.loads((run_dir / "birdshield.json").read_text())["metrics"],
+        "images": [{k: im[k] for k in ("image", "correct", "robust")} for im in report["images"]],
     }
 
 
@@ -243,6 +244,31 @@ def _pooled(summary: dict[str, Any]) -> dict[str, Any]:
             "fold_std": spread,
         }
     return {**summary, "pooled": pooled}
+
+
+def as_report(summary: dict[str, Any]) -> dict[str, Any]:
+    """The pooled cross-validation in the shape of an evaluate report, for `birdshield compare`: n, clean
+    and the ensemble at each eps, and each held-out photo's outcome where every fold recorded them (folds
+    measured by older versions did not), so two cross-validations with one seed pair photo by photo."""
+    from ..errors import DataError
+
+    pooled, folds = summary.get("pooled", {}), list(summary["folds"].values())
+    if not pooled.get("n"):
+        raise DataError("the cross-validation has no measured fold yet")
+
+    def entry(key: str) -> dict[str, Any]:
+        return {"robust_accuracy": pooled[key]["accuracy"], "ci95": pooled[key]["ci95"], "n": pooled["n"]}
+
+    return {
+        "n": pooled["n"],
+        "clean_accuracy": pooled["clean"]["accuracy"],
+        "clean_ci95": pooled["clean"]["ci95"],
+        "corruptions": [],
+        "results": [],
+        "ensemble": [{"norm": "linf", "eps": e} | entry(str(e)) for e in summary["eps"]],
+        "flags": [],
+        "images": [im for f in folds for im in f["images"]] if all("images" in f for f in folds) else [],
+    }
 
 
 def _save(out: Path, summary: dict[str, Any]) -> None:
