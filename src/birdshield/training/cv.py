@@ -7,7 +7,8 @@ them, in the data set's own valid share, for early stopping and checkpoint selec
 measured on the fold it never saw: clean accuracy and, at each `eps`, robust accuracy under the quick
 attack ensemble. Each fold's run and report are kept in OUT/fold-I/; OUT/cv.json and cv.md hold the
 per-fold numbers and the pooled ones (every held-out image once, with a Clopper-Pearson interval), and
-OUT/cv.png plots them with their intervals.
+OUT/cv.png plots them with their intervals. cv.json also keeps each held-out image's outcome, so that
+`birdshield compare OUT_A OUT_B --paired` compares two recipes cross-validated with one seed image by image.
 
 Folds train on fewer images than the recipe on the full splits ((K-1)/K of the pool, less the inner valid
 share), so cross-validated accuracy slightly understates what the full training reaches.
