@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 import birdshield
@@ -35,6 +34,7 @@ from birdshield.cli.options import split_list
 from birdshield.data.images import load_tensor
 from birdshield.stats import clopper_pearson
 from birdshield.training.cv import fold_dataset
+from birdshield.training.robust import resized
 
 
 class Resized(nn.Module):
@@ -45,10 +45,7 @@ class Resized(nn.Module):
         self.model, self.size = model, model.image_size
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.interpolate(
-            x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False
-        )
-        return self.model(x)
+        return self.model(resized(x, self.size))
 
 
 def _shown(k: int, n: int) -> str:

@@ -36,6 +36,7 @@ from birdshield.cli.options import split_list
 from birdshield.evaluation.config import PRESETS
 from birdshield.reporting.compare import load_reports, write_comparison
 from birdshield.runtime import set_threads, tune_cpu_allocator
+from birdshield.training.robust import resized
 
 
 class ProbabilityMix(nn.Module):
@@ -52,17 +53,10 @@ class ProbabilityMix(nn.Module):
         self.meta = {"arch": arch, "image_size": self.image_size}
 
     def forward(self, x: Tensor) -> Tensor:
-        p = (1 - self.weight) * F.softmax(self.robust(_resized(x, self.robust.image_size)), dim=1)
+        p = (1 - self.weight) * F.softmax(self.robust(resized(x, self.robust.image_size)), dim=1)
         if self.weight > 0:
-            p = p + self.weight * F.softmax(self.standard(_resized(x, self.standard.image_size)), dim=1)
+            p = p + self.weight * F.softmax(self.standard(resized(x, self.standard.image_size)), dim=1)
         return p.clamp_min(1e-12).log()
-
-
-def _resized(x: Tensor, size: int) -> Tensor:
-    if x.shape[-1] == size and x.shape[-2] == size:
-        return x
-    # Antialiased bilinear averages neighbouring pixels, so an Linf perturbation stays inside its ball.
-    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
 def main() -> None:

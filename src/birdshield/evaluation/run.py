@@ -117,9 +117,9 @@ def _measure(
             worst, worst_logits = ensemble_at(
                 models, x, y, correct, clean_logits, eps, cfg, p.plan, tally, seed, stage
             )
-            survived = (worst_logits.argmax(1) == y).tolist()  # the worst input's logits: wrong if fooled
-            for record, alive in zip(outcomes, survived, strict=True):
-                record["survived"][str(eps)] = alive
+            if outcomes:  # the worst input's logits: wrong where fooled
+                for record, alive in zip(outcomes, (worst_logits.argmax(1) == y).tolist(), strict=True):
+                    record["survived"][str(eps)] = alive
             if p.examples is not None and eps == max(cfg.eps):
                 k = N_EXAMPLES - len(p.examples)
                 picked = pick_examples(model, x, y, worst, correct, eps, k, (clean_logits, worst_logits))
@@ -132,9 +132,10 @@ def _measure(
 
 
 def _outcomes(names: list[str] | None, y: Tensor, clean_logits: Tensor, tally: Tally) -> list[dict[str, Any]]:
-    """Each named image's record in the tally (label, clean prediction; ``survived`` filled per eps)."""
-    if names is None:  # tensors have no file to pair by: the records are filled and dropped
-        return [{"survived": {}} for _ in range(len(y))]
+    """Each named image's record in the tally (label, clean prediction; ``survived`` filled per eps); none
+    for tensors, which have no file to pair by."""
+    if names is None:
+        return []
     pairs = zip(y.tolist(), clean_logits.argmax(1).tolist(), strict=True)
     records = [{"label": t, "predicted": q, "survived": {}} for t, q in pairs]
     tally.images.update(zip(names, records, strict=True))

@@ -108,6 +108,15 @@ def consistency_loss(
     return ce + cfg.consistency * kl + CONSISTENCY_ENTROPY * entropy, logits[: len(y)]
 
 
+def resized(x: Tensor, size: int) -> Tensor:
+    """Images resized to `size` x `size` (unchanged when they are), differentiably: e.g. a 224 px teacher's
+    input from a 160 px student's. Antialiased bilinear averages neighbouring pixels, so an Linf
+    perturbation stays inside its ball."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
 class Teacher(nn.Module):
     """A trained model, frozen, that takes images of any size to its own: the distillation teacher."""
 
@@ -117,10 +126,7 @@ class Teacher(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-1] != self.image_size:  # e.g. a 224 px teacher of a 160 px student
-            size = (self.image_size, self.image_size)
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-        return self.model(x)
+        return self.model(resized(x, self.image_size))
 
 
 def robust_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, seed: int = 0) -> float:
