@@ -32,7 +32,7 @@ from birdshield.attacks.eps import format_eps, parse_eps
 from birdshield.attacks.pgd import pgd
 from birdshield.cli.options import split_list
 from birdshield.data.images import load_tensor
-from birdshield.stats import clopper_pearson
+from birdshield.stats import format_count
 from birdshield.training.cv import fold_dataset
 from birdshield.training.robust import resized
 
@@ -46,11 +46,6 @@ class Resized(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(resized(x, self.size))
-
-
-def _shown(k: int, n: int) -> str:
-    low, high = clopper_pearson(k, n)
-    return f"{k}/{n} {k / n:.1%} ({low:.1%}-{high:.1%})"
 
 
 def main() -> None:
@@ -84,14 +79,14 @@ def main() -> None:
 
     n = len(y)
     teacher_right = int((teacher_pred == y).sum())
-    print(f"fold {args.fold}: {n} held-out photos; the teacher alone {_shown(teacher_right, n)}")
+    print(f"fold {args.fold}: {n} held-out photos; the teacher alone {format_count(teacher_right, n)}")
     print("| t | clean | " + " | ".join(f"PGD-20 {e} (bound)" for e in attacked) + " |")
     print("|---" * (2 + len(attacked)) + "|")
     for t in map(float, split_list(args.gates)):
         confident = robust_p.max(1).values >= t
         clean = torch.where(confident, robust_p.argmax(1), teacher_pred) == y
         kept = [(q.argmax(1) == y) & (q.max(1).values >= t) for q in attacked.values()]
-        cells = [_shown(int(c.sum()), n) for c in (clean, *kept)]
+        cells = [format_count(int(c.sum()), n) for c in (clean, *kept)]
         print(f"| {t:g} | " + " | ".join(cells) + " |")
 
 

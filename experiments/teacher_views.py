@@ -21,7 +21,7 @@ from torch import Tensor, nn
 import birdshield
 from birdshield import data
 from birdshield.data.images import load_tensor
-from birdshield.stats import clopper_pearson
+from birdshield.stats import format_count
 from birdshield.training.cv import fold_dataset
 from birdshield.training.robust import resized
 
@@ -34,11 +34,6 @@ def _right(model: nn.Module, paths: list[str], y: Tensor, decode_size: int) -> i
             x = torch.stack([load_tensor(p, decode_size) for p in paths[i : i + 30]])
             right += int((model(resized(x, model.image_size)).argmax(1) == y[i : i + 30]).sum())
     return right
-
-
-def _shown(k: int, n: int) -> str:
-    low, high = clopper_pearson(k, n)
-    return f"{k}/{n} {k / n:.1%} ({low:.1%}-{high:.1%})"
 
 
 def main() -> None:
@@ -67,8 +62,8 @@ def main() -> None:
             _right(student, paths, y, student.image_size),
         ]
         totals = [t + c for t, c in zip(totals, [*counts, len(y)], strict=True)]
-        print(f"| {fold} | " + " | ".join(_shown(c, len(y)) for c in counts) + " |", flush=True)
-    print("| all | " + " | ".join(_shown(c, totals[-1]) for c in totals[:-1]) + " |")
+        print(f"| {fold} | " + " | ".join(format_count(c, len(y)) for c in counts) + " |", flush=True)
+    print("| all | " + " | ".join(format_count(c, totals[-1]) for c in totals[:-1]) + " |")
 
 
 if __name__ == "__main__":

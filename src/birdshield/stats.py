@@ -27,6 +27,14 @@ def ci95(k: int, n: int) -> list[float]:
     return [round(v, 6) for v in clopper_pearson(int(k), int(n))]
 
 
+def format_count(k: int, n: int) -> str:
+    """ "k/n" with its accuracy and 95% interval, as the docs quote counts: "169/180 93.9% (89.3-96.9)"."""
+    if n == 0:
+        return "0/0"
+    low, high = ci95(k, n)
+    return f"{k}/{n} {k / n:.1%} ({100 * low:.1f}-{100 * high:.1f})"
+
+
 def ci95_of(accuracy: float, n: int) -> list[float]:
     """The interval of an accuracy stated as a fraction of n images (for reports written without one)."""
     return ci95(round(accuracy * n), n)

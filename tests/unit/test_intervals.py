@@ -39,3 +39,11 @@ def test_report_intervals_round_once_when_shown_to_a_tenth_of_a_percent():
     low, high = clopper_pearson(851, 900)  # high is 0.95945...: a double rounding would show 96.0%
     assert f"{ci95(851, 900)[1]:.1%}" == f"{high:.1%}" == "95.9%"
     assert ci95(851, 900)[0] == pytest.approx(low, abs=1e-6)
+
+
+def test_a_count_is_shown_with_its_share_and_interval_as_the_docs_quote_it():
+    from birdshield.stats import format_count
+
+    assert format_count(169, 180) == "169/180 93.9% (89.3-96.9)"
+    assert format_count(851, 900) == "851/900 94.6% (92.9-95.9)"  # rounds once, as reports do
+    assert format_count(0, 150) == "0/150 0.0% (0.0-2.4)"
