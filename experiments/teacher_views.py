@@ -26,14 +26,13 @@ from birdshield.training.cv import fold_dataset
 from birdshield.training.robust import resized
 
 
-def _right(model: nn.Module, paths: list[str], y: Tensor, decode_size: int) -> int:
-    """Photos `model` names right when they are decoded at `decode_size` and resized to its input size."""
-    right = 0
+def _right(model: nn.Module, x: Tensor, y: Tensor) -> int:
+    """Photos `model` names right, `x` resized to its input size (in batches of 30, for memory)."""
     with torch.no_grad():
-        for i in range(0, len(paths), 30):
-            x = torch.stack([load_tensor(p, decode_size) for p in paths[i : i + 30]])
-            right += int((model(resized(x, model.image_size)).argmax(1) == y[i : i + 30]).sum())
-    return right
+        return sum(
+            int((model(resized(xb, model.image_size)).argmax(1) == yb).sum())
+            for xb, yb in zip(x.split(30), y.split(30), strict=True)
+        )
 
 
 def main() -> None:
@@ -55,12 +54,13 @@ def main() -> None:
         student = birdshield.load(run, runtime="torch").eval()
         teacher = birdshield.load(f"{run}/teacher", runtime="torch").eval()
         held_out = fold_dataset(data.discover(args.data), args.k, fold, args.seed).splits["test"]
-        paths, y = [str(s.path) for s in held_out], torch.tensor([s.label for s in held_out])
-        counts = [
-            _right(teacher, paths, y, teacher.image_size),
-            _right(teacher, paths, y, student.image_size),
-            _right(student, paths, y, student.image_size),
-        ]
+        y = torch.tensor([s.label for s in held_out])
+        at_teacher, at_student = (
+            torch.stack([load_tensor(s.path, size) for s in held_out])
+            for size in (teacher.image_size, student.image_size)
+        )
+        views = ((teacher, at_teacher), (teacher, at_student), (student, at_student))
+        counts = [_right(model, x, y) for model, x in views]
         totals = [t + c for t, c in zip(totals, [*counts, len(y)], strict=True)]
         print(f"| {fold} | " + " | ".join(format_count(c, len(y)) for c in counts) + " |", flush=True)
     print("| all | " + " | ".join(format_count(c, totals[-1]) for c in totals[:-1]) + " |")

@@ -28,7 +28,7 @@ def ci95(k: int, n: int) -> list[float]:
 
 
 def format_count(k: int, n: int) -> str:
-    """ "k/n" with its accuracy and 95% interval, as the docs quote counts: "169/180 93.9% (89.3-96.9)"."""
+    """A count with its accuracy and 95% interval, as the docs quote counts: "169/180 93.9% (89.3-96.9)"."""
     if n == 0:
         return "0/0"
     low, high = ci95(k, n)
