@@ -56,7 +56,7 @@ def test_from_preset_sets_the_recipe_and_explicit_options_win():
     assert cfg.adv.method == "pgd" and cfg.adv.eps == pytest.approx(4 / 255) and cfg.adv.select == "robust"
     assert cfg.adv.warmup_epochs == 2 and cfg.warmup_epochs == 1.0  # adv_warmup_epochs is eps's, not the LR's
     assert cfg.adv.steps == 1 and cfg.epochs == 2  # explicit options win over the preset's 3 and 20
-    assert cfg.teacher == "auto" and cfg.ema_decay == 0.99 and cfg.backbone_lr == 5e-4
+    assert cfg.teacher == "standard" and cfg.ema_decay == 0.99 and cfg.backbone_lr == 5e-4
     assert cfg.arch == "tf_efficientnet_lite1" and cfg.tta_flip
     gpu = TrainConfig.from_preset("robust-gpu", data="d", out="o", adv_steps=1, epochs=2)
     assert (gpu.arch, gpu.image_size, gpu.patience) == ("tf_efficientnet_lite2", 260, 8)
@@ -65,9 +65,9 @@ def test_from_preset_sets_the_recipe_and_explicit_options_win():
 
 def test_automatic_teachers_train_their_own_recipe_on_the_students_data_and_seed():
     student = TrainConfig.from_preset("robust-cpu", data="d", out="o", seed=3, weights="lite1.pth")
-    auto = auto_teacher_config(student)
+    auto = auto_teacher_config(replace(student, teacher="auto"))
     assert (auto.arch, auto.weights, auto.augment.noise_max) == ("tf_efficientnet_lite1", "lite1.pth", 0.2)
-    standard = auto_teacher_config(replace(student, teacher="standard"))
+    standard = auto_teacher_config(student)
     default = TrainConfig("d", "o/teacher", seed=3, resume=True)
     assert standard == default  # the default recipe: its own backbone and size, no noise, no attacks
     for teacher in (auto, standard):

@@ -163,9 +163,9 @@ def config_from_options(data: str, out: str, **options: Any) -> TrainConfig:
     )
 
 
-# Teachers `--teacher NAME` trains first, into OUT/teacher, then distils. "auto": noise training on the
-# student's backbone, what robust-cpu was chosen with; "standard": the default recipe (`birdshield train
-# DATA`: Lite0 at 224 px, no noise), the more accurate clean model when cross-validated (docs/results.md).
+# Teachers `--teacher NAME` trains first, into OUT/teacher, then distils. "standard" (the robust presets'):
+# the default recipe (`birdshield train DATA`: Lite0 at 224 px, no noise), the more accurate clean model;
+# "auto": noise training on the student's backbone. Cross-validated against each other in docs/results.md.
 AUTO_TEACHERS: dict[str, dict[str, Any]] = {"auto": {"noise_max": 0.2}, "standard": {}}
 
 
@@ -203,8 +203,8 @@ class Preset:
 
 
 # The adversarially trained model for a CPU: PGD-3 at Linf 4/255 (eps warmed up over 2 epochs) on Lite1 at
-# 160 px, a full fine-tune distilled from a noise-trained teacher it trains first, a weight average, the
-# checkpoint with the best PGD accuracy on the validation split, and mirror averaging in the saved model.
+# 160 px, a full fine-tune distilled from the default recipe's model (trained first), a weight average,
+# the checkpoint with the best PGD accuracy on the validation split, and mirror averaging in the saved model.
 # How each choice was measured, and the recipes it replaced, are in docs/results.md.
 ROBUST_CPU: dict[str, Any] = {
     "arch": "tf_efficientnet_lite1",
@@ -218,7 +218,7 @@ ROBUST_CPU: dict[str, Any] = {
     "adv_warmup_epochs": 2,
     "select": "robust",
     "label_smoothing": 0.0,
-    "teacher": "auto",
+    "teacher": "standard",
     "ema_decay": 0.99,
     "backbone_lr": 5e-4,
     "tta_flip": True,
@@ -242,8 +242,9 @@ PRESETS: dict[str, Preset] = {
     ),
     "robust-cpu": Preset(
         "the model that resists adversarial attacks, sized for a CPU: PGD adversarial training at Linf "
-        "4/255 on Lite1 at 160 px, distilled from a noise-trained teacher, weight averaging, the most robust "
-        "checkpoint, mirror averaging when it predicts (about 40 min for birds-mini on a 2-core CPU)",
+        "4/255 on Lite1 at 160 px, distilled from the default recipe's model (trained first), weight "
+        "averaging, the most robust checkpoint, mirror averaging when it predicts (about 40 min for "
+        "birds-mini on a 2-core CPU)",
         ROBUST_CPU,
     ),
     "robust-gpu": Preset(
